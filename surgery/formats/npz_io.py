@@ -1,0 +1,213 @@
+"""NumPy .npz archives: a zip of .npy members, one per tensor.
+
+numpy has no native bfloat16 or float8, so those tensors are stored as their
+raw bits (uint8/uint16 members) and their real dtype is recorded in the
+`__surgery__.json` member, beside the tree's metadata and convention. Plain
+numpy still reads every member; `surgery` reads them back bit-exactly.
+Packed sub-byte dtypes are stored as their packed bytes, with the logical
+shape recorded in the same member.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import zipfile
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+from numpy.lib import format as npy
+
+from .. import dtypes
+from ..errors import CorruptFileError, OutputError, UnsafeFileError
+from ..tree import CONVENTIONS, UNKNOWN, Entry, Source, Tree
+from ._json import loads_strict
+
+NAME = "npz"
+SUFFIXES = (".npz",)
+SIDE_MEMBER = "__surgery__.json"
+# deflate cannot expand data by more than about 1032:1; a larger claim is a lie or a bomb.
+_MAX_DEFLATE_RATIO = 1100
+_MAX_SIDE = 100 << 20
+_FIX = "the file is corrupt or not an .npz archive; re-export it"
+
+Progress = Callable[[int], None]
+
+
+def sniff(path: Path, head: bytes, size: int) -> bool:
+    if path.is_dir() or head[:4] not in (b"PK\x03\x04", b"PK\x05\x06"):
+        return False
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
+    return all(n.endswith(".npy") or n == SIDE_MEMBER for n in names)
+
+
+# -- reading ------------------------------------------------------------------------
+
+
+class _Member(Source):
+    """One .npy member of an archive, read when asked."""
+
+    def __init__(self, path: Path, member: str, stored: np.dtype, fortran: bool, stored_shape: tuple[int, ...]) -> None:
+        self.path, self.member = path, member
+        self.stored, self.fortran, self.stored_shape = stored, fortran, stored_shape
+
+    def _raw(self, entry: Entry) -> bytes:
+        try:
+            with zipfile.ZipFile(self.path) as z, z.open(self.member) as f:
+                _read_npy_header(f)
+                raw = f.read(entry.nbytes + 1)
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+            raise CorruptFileError(f"cannot read member {self.member!r} ({e})", str(self.path), _FIX) from e
+        if len(raw) != entry.nbytes:
+            raise CorruptFileError(
+                f"member {self.member!r} holds {len(raw)} data bytes but its header needs {entry.nbytes}",
+                str(self.path),
+                _FIX,
+            )
+        return raw
+
+    def read_array(self, entry: Entry) -> np.ndarray:
+        target = dtypes.get(entry.dtype).numpy()  # raises for packed dtypes
+        array = np.frombuffer(self._raw(entry), dtype=self.stored).reshape(
+            self.stored_shape, order="F" if self.fortran else "C"
+        )
+        if np.dtype(self.stored.name) != target:  # raw bits of a dtype numpy lacks
+            array = array.view(self.stored.newbyteorder("<")).view(target)
+        return np.ascontiguousarray(array.astype(target.newbyteorder("="), copy=True))
+
+    def iter_bytes(self, entry: Entry) -> Iterator[memoryview]:
+        if dtypes.get(entry.dtype).packed or (not self.fortran and self.stored.byteorder != ">"):
+            yield memoryview(self._raw(entry))
+        else:
+            yield from super().iter_bytes(entry)
+
+    def paths(self) -> tuple[Path, ...]:
+        return (self.path,)
+
+
+def _read_npy_header(f) -> tuple[tuple[int, ...], bool, np.dtype]:
+    version = npy.read_magic(f)
+    reader = {(1, 0): npy.read_array_header_1_0, (2, 0): npy.read_array_header_2_0}.get(version)
+    if reader is None:
+        raise ValueError(f"unsupported .npy version {version}")
+    return reader(f)
+
+
+def load(path: Path) -> Tree:
+    path = Path(path)
+    where = str(path)
+    try:
+        z = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise CorruptFileError(f"not a readable zip archive ({e})", where, _FIX) from e
+    with z:
+        side = _side(z, where)
+        entries = [_member_entry(z, info, side, path) for info in z.infolist() if info.filename != SIDE_MEMBER]
+    convention = CONVENTIONS.get(side.get("convention", ""), UNKNOWN)
+    return Tree(entries, format=NAME, convention=convention, metadata=side.get("metadata", {}))
+
+
+def _side(z: zipfile.ZipFile, where: str) -> dict:
+    if SIDE_MEMBER not in z.namelist():
+        return {}
+    if z.getinfo(SIDE_MEMBER).file_size > _MAX_SIDE:
+        raise CorruptFileError(f"{SIDE_MEMBER} is larger than {_MAX_SIDE} bytes", where, _FIX)
+    side = loads_strict(z.read(SIDE_MEMBER), where, SIDE_MEMBER)
+    fields_ok = isinstance(side, dict) and all(
+        isinstance(side.get(k, {}), dict) for k in ("metadata", "dtypes", "shapes")
+    )
+    if not fields_ok or not all(isinstance(v, str) for v in side.get("metadata", {}).values()):
+        raise CorruptFileError(f"{SIDE_MEMBER} does not have the expected fields", where, _FIX)
+    return side
+
+
+def _member_entry(z: zipfile.ZipFile, info: zipfile.ZipInfo, side: dict, path: Path) -> Entry:
+    where = f"{path}, member {info.filename!r}"
+    if not info.filename.endswith(".npy"):
+        raise CorruptFileError("member is not a .npy array", where, _FIX)
+    name = info.filename[: -len(".npy")]
+    if info.compress_type != zipfile.ZIP_STORED and info.file_size > max(info.compress_size, 1) * _MAX_DEFLATE_RATIO:
+        raise CorruptFileError(f"member claims {info.file_size} bytes from {info.compress_size} compressed", where, _FIX)
+    try:
+        with z.open(info) as f:
+            shape, fortran, stored = _read_npy_header(f)
+            header_len = f.tell()
+    except (ValueError, EOFError, zipfile.BadZipFile, OSError, SyntaxError) as e:
+        raise CorruptFileError(f"bad .npy header ({e})", where, _FIX) from e
+    if stored.hasobject:
+        raise UnsafeFileError("member holds Python objects, which load by unpickling", where, "store numeric arrays only")
+    real = _real_dtype(side.get("dtypes", {}).get(name), stored, where)
+    logical = tuple(side.get("shapes", {}).get(name, shape))
+    want = real.nbytes(math.prod(logical))
+    if info.file_size - header_len != want or stored.itemsize * math.prod(shape) != want:
+        raise CorruptFileError(
+            f"shape {list(logical)} of {real.name} needs {want} bytes but the member holds {info.file_size - header_len}",
+            where,
+            _FIX,
+        )
+    return Entry(name, logical, real.name, _Member(path, info.filename, stored, fortran, tuple(shape)))
+
+
+def _real_dtype(recorded: str | None, stored: np.dtype, where: str) -> dtypes.DType:
+    try:
+        return dtypes.get(recorded) if recorded else dtypes.from_numpy(stored)
+    except Exception as e:
+        raise CorruptFileError(f"unsupported dtype {recorded or stored.str}", where, "store a numeric dtype") from e
+
+
+# -- writing ------------------------------------------------------------------------
+
+
+def save(tree: Tree, path: Path, *, progress: Progress | None = None) -> None:
+    """Stream every tensor into a new .npz at `path`, one member at a time (stored, not deflated)."""
+    side: dict = {"metadata": tree.metadata, "convention": tree.convention.name, "dtypes": {}, "shapes": {}}
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as z:
+        for e in tree.entries():
+            if "\x00" in e.name:
+                raise OutputError(f"tensor name {e.name!r} holds a NUL character", "npz", "rename it, or write safetensors")
+            with z.open(_member_info(e.name + ".npy"), "w", force_zip64=True) as f:
+                _write_npy_header(f, _member_layout(e, side))
+                for chunk in e.iter_bytes():
+                    f.write(chunk)
+                    if progress:
+                        progress(len(chunk))
+        z.writestr(_member_info(SIDE_MEMBER), json.dumps(side, ensure_ascii=False))
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _member_info(name: str) -> zipfile.ZipInfo:
+    # A fixed timestamp keeps archives byte-identical from run to run.
+    info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+    info.compress_type = zipfile.ZIP_STORED
+    return info
+
+
+def _member_layout(e: Entry, side: dict) -> dict:
+    """The .npy header for an entry; dtypes numpy lacks are stored as raw bits and recorded."""
+    real = dtypes.get(e.dtype)
+    shape = e.shape
+    if real.packed:
+        stored = np.dtype("u1")
+        shape = (e.nbytes,)
+        side["shapes"][e.name] = list(e.shape)
+    elif real.numpy_native:
+        stored = real.numpy().newbyteorder("<")
+    else:
+        stored = np.dtype(f"<u{real.bits // 8}")
+    if stored.name != real.name:
+        side["dtypes"][e.name] = real.name
+    return {"descr": npy.dtype_to_descr(stored), "fortran_order": False, "shape": tuple(shape)}
+
+
+def _write_npy_header(f, header: dict) -> None:
+    try:
+        npy.write_array_header_1_0(f, header)
+    except ValueError:  # header longer than version 1.0 allows
+        npy.write_array_header_2_0(f, header)

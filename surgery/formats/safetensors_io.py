@@ -1,0 +1,297 @@
+"""safetensors files, single and Hugging Face-sharded.
+
+The header is parsed and checked here rather than by `safetensors.safe_open`
+because we need the byte offsets (to stream tensors without loading them),
+bfloat16 without torch, duplicate-key detection, and error messages that name
+the tensor and both numbers. Tests check every file we write with the
+`safetensors` library itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from .. import dtypes
+from ..errors import CorruptFileError, FormatError
+from ..tree import TORCH, UNKNOWN, Entry, FileRange, Tree
+from ._json import loads_strict
+
+NAME = "safetensors"
+SUFFIXES = (".safetensors",)
+INDEX_SUFFIX = ".safetensors.index.json"
+MAX_HEADER = 100 << 20  # the safetensors library's own limit
+_FIX = "the file is corrupt or not safetensors; re-export it"
+
+Progress = Callable[[int], None]
+
+
+# -- detection ----------------------------------------------------------------------
+
+
+def sniff(path: Path, head: bytes, size: int) -> bool:
+    """A safetensors file starts with a little-endian u64 header length and then '{'."""
+    if path.is_dir():
+        return _find_index(path) is not None or len(list(path.glob("*.safetensors"))) == 1
+    if path.name.endswith(INDEX_SUFFIX):
+        return True
+    if len(head) < 9:
+        return False
+    (n,) = struct.unpack("<Q", head[:8])
+    return 2 <= n <= size - 8 and head[8:9] == b"{"
+
+
+# -- reading ------------------------------------------------------------------------
+
+
+def load(path: Path) -> Tree:
+    """A lazy tree over a .safetensors file, an index .json, or a folder holding either."""
+    path = Path(path)
+    if path.is_dir():
+        index = _find_index(path)
+        if index is not None:
+            return _load_sharded(index)
+        singles = sorted(path.glob("*.safetensors"))
+        if len(singles) != 1:
+            raise FormatError(
+                f"folder holds {len(singles)} .safetensors files and no *{INDEX_SUFFIX}",
+                str(path),
+                "point at one file, or add the index that lists the shards",
+            )
+        path = singles[0]
+    if path.name.endswith(".json"):
+        return _load_sharded(path)
+    entries, metadata = read_header(path)
+    return Tree(entries, format=NAME, convention=_convention(metadata), metadata=metadata)
+
+
+def read_header(path: Path) -> tuple[list[Entry], dict[str, str]]:
+    """Parse and check one file's header; return its entries (in data order) and metadata."""
+    size = path.stat().st_size
+    where = str(path)
+    with open(path, "rb") as f:
+        prefix = f.read(8)
+        if len(prefix) < 8:
+            raise CorruptFileError(f"file is {size} bytes, too short for a safetensors header", where, _FIX)
+        (n,) = struct.unpack("<Q", prefix)
+        if n > size - 8:
+            raise CorruptFileError(
+                f"header length {n} runs past the end of the file ({size} bytes)", where, _FIX
+            )
+        if n > MAX_HEADER:
+            raise CorruptFileError(f"header length {n} exceeds the {MAX_HEADER}-byte limit", where, _FIX)
+        raw = f.read(n)
+    header = loads_strict(raw, where)
+    if not isinstance(header, dict):
+        raise CorruptFileError("header is not a JSON object", where, _FIX)
+    metadata = _metadata(header.pop("__metadata__", None), where)
+    entries = [_entry(name, info, path) for name, info in header.items()]
+    _check_layout(entries, size - 8 - n, where)
+    data_start = 8 + n
+    return [
+        Entry(e.name, e.shape, e.dtype, FileRange(path, data_start + e.source.offset, e.source.length))
+        for e in entries
+    ], metadata
+
+
+def _metadata(value: Any, where: str) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise CorruptFileError("__metadata__ is not a map of strings to strings", where, _FIX)
+    return dict(value)
+
+
+def _entry(name: str, info: Any, path: Path) -> Entry:
+    where = f"{path}, tensor {name!r}"
+    if not isinstance(info, dict):
+        raise CorruptFileError("tensor entry is not a JSON object", where, _FIX)
+    dtype = dtypes.from_safetensors(info.get("dtype")) if isinstance(info.get("dtype"), str) else None
+    if dtype is None:
+        raise CorruptFileError(f"unknown dtype {info.get('dtype')!r}", where, _FIX)
+    shape = info.get("shape")
+    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+        raise CorruptFileError(f"shape {shape!r} is not a list of non-negative integers", where, _FIX)
+    offsets = info.get("data_offsets")
+    if (
+        not isinstance(offsets, list)
+        or len(offsets) != 2
+        or not all(type(o) is int for o in offsets)
+        or not 0 <= offsets[0] <= offsets[1]
+    ):
+        raise CorruptFileError(f"data_offsets {offsets!r} are not two ordered byte offsets", where, _FIX)
+    begin, end = offsets
+    numel = 1
+    for d in shape:
+        numel *= d
+    expected = dtype.nbytes(numel)
+    if end - begin != expected:
+        raise CorruptFileError(
+            f"shape {shape} of {dtype.name} needs {expected} bytes but data_offsets span {end - begin}",
+            where,
+            _FIX,
+        )
+    # Offsets are relative to the data section until read_header rebases them.
+    return Entry(name, tuple(shape), dtype.name, FileRange(path, begin, end - begin))
+
+
+def _check_layout(entries: list[Entry], data_size: int, where: str) -> None:
+    """The tensors must tile the data section exactly: no gap, no overlap, nothing out of bounds."""
+    position = 0
+    for e in sorted(entries, key=lambda e: (e.source.offset, e.source.length)):
+        begin, end = e.source.offset, e.source.offset + e.source.length
+        if begin < position:
+            raise CorruptFileError(f"tensor {e.name!r} overlaps the tensor before it (offset {begin} < {position})", where, _FIX)
+        if begin > position:
+            raise CorruptFileError(f"gap of {begin - position} bytes before tensor {e.name!r}", where, _FIX)
+        if end > data_size:
+            raise CorruptFileError(
+                f"tensor {e.name!r} ends at byte {end} past the data section's {data_size} bytes", where, _FIX
+            )
+        position = end
+    if position != data_size:
+        raise CorruptFileError(
+            f"{data_size - position} bytes after the last tensor belong to no tensor", where, _FIX
+        )
+    entries.sort(key=lambda e: e.source.offset)
+
+
+def _convention(metadata: dict[str, str]):
+    return TORCH if metadata.get("format") == "pt" else UNKNOWN
+
+
+def _find_index(folder: Path) -> Path | None:
+    found = sorted(folder.glob("*" + INDEX_SUFFIX))
+    if len(found) > 1:
+        raise FormatError(
+            f"folder holds {len(found)} index files", str(folder), "point at the index .json you mean"
+        )
+    return found[0] if found else None
+
+
+def _load_sharded(index: Path) -> Tree:
+    where = str(index)
+    if index.stat().st_size > MAX_HEADER:
+        raise CorruptFileError(f"index is larger than {MAX_HEADER} bytes", where, _FIX)
+    data = loads_strict(index.read_bytes(), where, "index")
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise CorruptFileError("index has no weight_map of tensor names to shard files", where, _FIX)
+    shards: dict[str, dict[str, Entry]] = {}
+    metadata: dict[str, str] | None = None
+    for shard_name in dict.fromkeys(weight_map.values()):
+        shard = _shard_path(index.parent, shard_name, where)
+        entries, shard_metadata = read_header(shard)
+        shards[shard_name] = {e.name: e for e in entries}
+        metadata = shard_metadata if metadata is None else metadata
+    ordered = []
+    for name, shard_name in weight_map.items():
+        entry = shards[shard_name].pop(name, None)
+        if entry is None:
+            raise CorruptFileError(f"index puts tensor {name!r} in {shard_name}, which lacks it", where, _FIX)
+        ordered.append(entry)
+    for shard_name, left in shards.items():
+        if left:
+            raise CorruptFileError(
+                f"shard {shard_name} holds {len(left)} tensor(s) the index does not list, e.g. {next(iter(left))!r}",
+                where,
+                _FIX,
+            )
+    metadata = metadata or {}
+    return Tree(ordered, format=NAME, convention=_convention(metadata), metadata=metadata)
+
+
+def _shard_path(folder: Path, name: str, where: str) -> Path:
+    # A hostile index must not send us outside its folder.
+    if not name or os.sep in name or (os.altsep and os.altsep in name) or name in (".", ".."):
+        raise CorruptFileError(f"shard name {name!r} is not a plain file name", where, _FIX)
+    path = folder / name
+    if not path.is_file():
+        raise CorruptFileError(f"shard {name} listed in the index is missing", where, "copy every shard beside the index")
+    return path
+
+
+# -- writing ------------------------------------------------------------------------
+
+
+def save(tree: Tree, path: Path, *, shard_size: int | None = None, progress: Progress | None = None) -> None:
+    """Write `tree` to `path`: one file, or with `shard_size` a folder of shards plus an index.
+
+    `path` is the temporary location chosen by the caller (see surgery.io.save).
+    """
+    if shard_size is None:
+        write_file(path, tree.entries(), tree.metadata, progress)
+    else:
+        _write_sharded(path, tree, shard_size, progress)
+
+
+def build_header(entries: Iterable[Entry], metadata: dict[str, str]) -> bytes:
+    """The header bytes, padded with spaces so tensor data starts 8-byte aligned."""
+    header: dict[str, Any] = {}
+    if metadata:
+        header["__metadata__"] = dict(metadata)
+    offset = 0
+    for e in entries:
+        header[e.name] = {
+            "dtype": dtypes.get(e.dtype).safetensors,
+            "shape": list(e.shape),
+            "data_offsets": [offset, offset + e.nbytes],
+        }
+        offset += e.nbytes
+    raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    raw += b" " * (-(len(raw) + 8) % 8)
+    return struct.pack("<Q", len(raw)) + raw
+
+
+def write_file(path: Path, entries: list[Entry], metadata: dict[str, str], progress: Progress | None) -> None:
+    with open(path, "wb") as f:
+        f.write(build_header(entries, metadata))
+        for e in entries:
+            written = 0
+            for chunk in e.iter_bytes():
+                f.write(chunk)
+                written += len(chunk)
+                if progress:
+                    progress(len(chunk))
+            if written != e.nbytes:
+                raise CorruptFileError(
+                    f"tensor {e.name!r} gave {written} bytes but {e.nbytes} were expected", e.name, _FIX
+                )
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def plan_shards(entries: list[Entry], shard_size: int) -> list[list[Entry]]:
+    """Greedy, in order: start a new shard when the next tensor would overflow this one.
+
+    A tensor larger than shard_size gets a shard of its own, as Hugging Face does.
+    """
+    shards: list[list[Entry]] = [[]]
+    used = 0
+    for e in entries:
+        if shards[-1] and used + e.nbytes > shard_size:
+            shards.append([])
+            used = 0
+        shards[-1].append(e)
+        used += e.nbytes
+    return shards
+
+
+def _write_sharded(folder: Path, tree: Tree, shard_size: int, progress: Progress | None) -> None:
+    shards = plan_shards(tree.entries(), shard_size)
+    count = len(shards)
+    weight_map: dict[str, str] = {}
+    for k, shard in enumerate(shards, start=1):
+        name = f"model-{k:05d}-of-{count:05d}.safetensors"
+        write_file(folder / name, shard, tree.metadata, progress)
+        weight_map.update((e.name, name) for e in shard)
+    index = {"metadata": {"total_size": tree.total_bytes}, "weight_map": weight_map}
+    with open(folder / ("model" + INDEX_SUFFIX), "w", encoding="utf-8") as f:
+        json.dump(index, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())

@@ -1,0 +1,87 @@
+"""Reading and writing trees: format detection, safe destinations and atomic writes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from . import formats
+from .atomic import atomic_output, check_destination
+from .errors import OutputError, SurgeryError
+from .tree import Tree
+
+__all__ = ["load", "save", "check_output"]
+
+
+def load(path: str | Path, format: str | None = None) -> Tree:
+    """Open a checkpoint lazily: names, shapes and dtypes now, tensor data only when read.
+
+    Args:
+        path: a file, a sharded checkpoint's index .json, or a folder holding one.
+        format: force a format name instead of detecting it from the content.
+
+    Raises:
+        SurgeryError: the file is missing, of an unknown format, corrupt, or unsafe.
+
+    Example:
+        >>> tree = load("fixtures/tiny.safetensors")  # doctest: +SKIP
+        >>> tree["dense/kernel"].shape  # doctest: +SKIP
+    """
+    path = Path(path)
+    name = format or formats.detect(path)
+    try:
+        return formats.module(name).load(path)
+    except SurgeryError:
+        raise
+    except OSError as e:
+        raise SurgeryError(f"cannot read the file ({e.strerror or e})", str(path), "check the path and permissions") from e
+
+
+def save(
+    tree: Tree,
+    path: str | Path,
+    format: str | None = None,
+    *,
+    force: bool = False,
+    shard_size: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> str:
+    """Write `tree` atomically to `path` and return the format written.
+
+    The data goes to a temporary file (or folder, when sharding) beside `path`,
+    is flushed and fsynced, and is renamed into place only when complete. An
+    existing `path` is refused unless `force`; a `path` that is one of the
+    tree's own input files is always refused.
+
+    Args:
+        tree: what to write; its tensors are streamed one at a time.
+        path: destination file, or destination folder when `shard_size` is given.
+        format: a format name; by default taken from the suffix.
+        force: replace an existing destination.
+        shard_size: split safetensors output into shards of at most this many bytes.
+        progress: called with the number of bytes written after each chunk.
+    """
+    path = Path(path)
+    name = check_output(tree, path, format, force=force, shard_size=shard_size)
+    options = {"shard_size": shard_size} if shard_size is not None else {}
+    with atomic_output(path, directory=shard_size is not None) as tmp:
+        try:
+            formats.module(name).save(tree, tmp, progress=progress, **options)
+        except OSError as e:
+            raise OutputError(f"cannot write the output ({e.strerror or e})", str(path), "check free space and permissions") from e
+    return name
+
+
+def check_output(
+    tree: Tree, path: str | Path, format: str | None = None, *, force: bool = False, shard_size: int | None = None
+) -> str:
+    """Everything `save` checks before writing, without writing: returns the format name.
+
+    Commands call it first so that a dry run fails exactly where the real run would.
+    """
+    path = Path(path)
+    name = formats.for_output(path, format, sharded=shard_size is not None)
+    if shard_size is not None and name != "safetensors":
+        raise OutputError(f"{name} files cannot be sharded", "--shard-size", "drop --shard-size, or write safetensors")
+    check_destination(path, tree.source_paths(), force=force)
+    return name

@@ -1,0 +1,311 @@
+"""The named tensor tree: an ordered, lazy, immutable mapping of tensor entries.
+
+A tree knows every tensor's name, shape and dtype without reading data.
+Data is read on demand through the entry's `source` and is not cached, so
+memory stays bounded by the largest tensor an operation touches.
+Operations never mutate a tree: `Tree.derive` builds a new tree that shares
+every entry it does not replace.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from . import dtypes
+from .errors import CorruptFileError, OperationError
+
+__all__ = ["Convention", "KERAS", "TORCH", "UNKNOWN", "Entry", "Tree", "Source", "FileRange", "ArraySource", "LazySource"]
+
+CHUNK = 16 << 20  # bytes moved per step when streaming tensor data
+
+
+@dataclass(frozen=True)
+class Convention:
+    """Where a framework puts a weight's output axis.
+
+    Keras stores conv kernels as (h, w, in, out) and Dense kernels as (in, out):
+    the output axis is the last. PyTorch stores (out, in, kh, kw) and (out, in):
+    the output axis is the first.
+    """
+
+    name: str
+    out_axis: int | None
+
+    def __str__(self) -> str:
+        return self.name
+
+
+KERAS = Convention("keras", -1)
+TORCH = Convention("torch", 0)
+UNKNOWN = Convention("unknown", None)
+CONVENTIONS = {c.name: c for c in (KERAS, TORCH, UNKNOWN)}
+
+
+# -- where an entry's bytes come from -------------------------------------------------
+
+
+class Source:
+    """Produces one tensor's data on demand. Subclasses override one of the two readers."""
+
+    def read_array(self, entry: Entry) -> np.ndarray:
+        raw = b"".join(bytes(chunk) for chunk in self.iter_bytes(entry))
+        dtype = dtypes.get(entry.dtype).numpy().newbyteorder("<")
+        return np.frombuffer(raw, dtype=dtype).reshape(entry.shape).astype(dtype.newbyteorder("="))
+
+    def iter_bytes(self, entry: Entry) -> Iterator[memoryview]:
+        """The tensor as little-endian, C-order bytes, in chunks."""
+        array = self.read_array(entry)
+        yield from _array_chunks(array)
+
+    def paths(self) -> tuple[Path, ...]:
+        """Files this source reads, so writers can refuse to overwrite them."""
+        return ()
+
+
+def _array_chunks(array: np.ndarray) -> Iterator[memoryview]:
+    little = array.astype(array.dtype.newbyteorder("<"), copy=False)
+    flat = np.ascontiguousarray(little).reshape(-1).view(np.uint8)
+    for start in range(0, flat.size, CHUNK):
+        yield memoryview(flat[start : start + CHUNK])
+
+
+@dataclass(frozen=True, eq=False)
+class FileRange(Source):
+    """Raw little-endian bytes at a known place in a file (safetensors, stored npz members)."""
+
+    path: Path
+    offset: int
+    length: int
+
+    def iter_bytes(self, entry: Entry) -> Iterator[memoryview]:
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            left = self.length
+            while left:
+                chunk = f.read(min(CHUNK, left))
+                if not chunk:
+                    raise CorruptFileError(
+                        f"file ended {left} bytes early while reading tensor {entry.name!r}",
+                        str(self.path),
+                        "the file is truncated; copy or download it again",
+                    )
+                left -= len(chunk)
+                yield memoryview(chunk)
+
+    def read_array(self, entry: Entry) -> np.ndarray:
+        dtype = dtypes.get(entry.dtype).numpy()
+        out = np.empty(entry.shape, dtype=dtype.newbyteorder("<"))
+        view = out.reshape(-1).view(np.uint8)
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            got = f.readinto(view) if view.size else 0
+        if got != self.length:
+            raise CorruptFileError(
+                f"expected {self.length} bytes for tensor {entry.name!r} but the file gave {got}",
+                str(self.path),
+                "the file is truncated; copy or download it again",
+            )
+        return out.astype(dtype, copy=False)
+
+    def paths(self) -> tuple[Path, ...]:
+        return (self.path,)
+
+
+@dataclass(frozen=True, eq=False)
+class ArraySource(Source):
+    """Data already in memory (the result of an operation, or a user's array)."""
+
+    array: np.ndarray
+
+    def read_array(self, entry: Entry) -> np.ndarray:
+        return self.array.copy()
+
+    def iter_bytes(self, entry: Entry) -> Iterator[memoryview]:
+        yield from _array_chunks(self.array)
+
+
+@dataclass(frozen=True, eq=False)
+class LazySource(Source):
+    """Data computed on demand by a function, e.g. a cast of another entry."""
+
+    compute: Callable[[], np.ndarray]
+    inputs: tuple[Path, ...] = ()
+
+    def read_array(self, entry: Entry) -> np.ndarray:
+        return self.compute()
+
+    def paths(self) -> tuple[Path, ...]:
+        return self.inputs
+
+
+# -- entries ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class Entry:
+    """One tensor: its name, shape and dtype, and where its data comes from.
+
+    `attrs` carries format-specific facts that should survive a round trip
+    through the same format (for example HDF5 chunking), as plain values.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    source: Source
+    attrs: Mapping[str, object] = field(default_factory=dict)
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return dtypes.get(self.dtype).nbytes(self.numel)
+
+    def read(self) -> np.ndarray:
+        """The tensor as a new numpy array in native byte order (never cached)."""
+        array = self.source.read_array(self)
+        if array.shape != self.shape:
+            raise CorruptFileError(
+                f"tensor {self.name!r} read with shape {list(array.shape)} but is declared {list(self.shape)}",
+                self.name,
+                "the file is inconsistent; re-export it",
+            )
+        return array
+
+    def iter_bytes(self) -> Iterator[memoryview]:
+        """The tensor as little-endian, C-order bytes, streamed in chunks."""
+        return self.source.iter_bytes(self)
+
+    def renamed(self, name: str) -> Entry:
+        return Entry(name, self.shape, self.dtype, self.source, self.attrs)
+
+    @classmethod
+    def from_array(cls, name: str, array: np.ndarray, attrs: Mapping[str, object] | None = None) -> Entry:
+        array = np.asarray(array)
+        dtype = dtypes.from_numpy(array.dtype)
+        return cls(name, tuple(int(n) for n in array.shape), dtype.name, ArraySource(array), dict(attrs or {}))
+
+    @classmethod
+    def computed(
+        cls,
+        name: str,
+        shape: tuple[int, ...],
+        dtype: str,
+        compute: Callable[[], np.ndarray],
+        like: Entry | None = None,
+    ) -> Entry:
+        """An entry whose data is computed on demand; `like` lends its input paths and attrs."""
+        inputs = like.source.paths() if like is not None else ()
+        attrs = like.attrs if like is not None else {}
+        return cls(name, tuple(shape), dtype, LazySource(compute, inputs), attrs)
+
+    def describe(self) -> str:
+        return f"{self.name} {list(self.shape)} {self.dtype}"
+
+
+# -- the tree -----------------------------------------------------------------------
+
+
+class Tree(Mapping[str, Entry]):
+    """An ordered mapping from names to entries, plus what the checkpoint says about itself.
+
+    Args:
+        entries: the tensors, in checkpoint order. Names must be unique.
+        format: the format the tree was read from ("safetensors", "npz", ...), or "" if built in memory.
+        convention: the framework layout of its weights (KERAS, TORCH or UNKNOWN).
+        metadata: free-form string metadata, kept across formats that can store it.
+
+    Example:
+        >>> import numpy as np
+        >>> t = Tree([Entry.from_array("w", np.zeros((2, 3), "float32"))])
+        >>> t["w"].shape
+        (2, 3)
+    """
+
+    def __init__(
+        self,
+        entries: Iterable[Entry] = (),
+        *,
+        format: str = "",
+        convention: Convention = UNKNOWN,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        self._entries: dict[str, Entry] = {}
+        for entry in entries:
+            if entry.name in self._entries:
+                raise OperationError(
+                    f"duplicate tensor name {entry.name!r}", entry.name, "every tensor needs its own name"
+                )
+            self._entries[entry.name] = entry
+        self.format = format
+        self.convention = convention
+        self.metadata: dict[str, str] = dict(metadata or {})
+
+    def __getitem__(self, name: str) -> Entry:
+        return self._entries[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __repr__(self) -> str:
+        return f"<Tree {self.format or 'in-memory'} {len(self)} tensors {self.total_bytes} bytes>"
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(e.nbytes for e in self._entries.values())
+
+    def entries(self) -> list[Entry]:
+        return list(self._entries.values())
+
+    def source_paths(self) -> set[Path]:
+        """Every file this tree's data is read from."""
+        return {p for e in self._entries.values() for p in e.source.paths()}
+
+    def derive(
+        self,
+        *,
+        replace: Mapping[str, Entry] | None = None,
+        drop: Iterable[str] = (),
+        add: Iterable[Entry] = (),
+        format: str | None = None,
+        convention: Convention | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> Tree:
+        """A new tree that shares every entry not replaced or dropped.
+
+        `replace` maps an existing name to its new entry, which takes the old
+        one's place in the order (it may carry a new name). `add` appends.
+        `metadata`, when given, replaces the metadata as a whole.
+        """
+        replace = dict(replace or {})
+        drop = set(drop)
+        for name in [*replace, *drop]:
+            if name not in self._entries:
+                raise OperationError(f"no tensor named {name!r}", "tree", "check the name with `surgery inspect`")
+        kept = (replace.get(name, entry) for name, entry in self._entries.items() if name not in drop)
+        return Tree(
+            [*kept, *add],
+            format=self.format if format is None else format,
+            convention=self.convention if convention is None else convention,
+            metadata=self.metadata if metadata is None else metadata,
+        )
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """True when two paths name one file (also through links); False if either is missing."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return Path(os.path.abspath(a)) == Path(os.path.abspath(b))
