@@ -162,6 +162,10 @@ class Entry:
     source: Source
     attrs: Mapping[str, object] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # Shapes often arrive as numpy integers or lists; headers need plain ints.
+        object.__setattr__(self, "shape", tuple(int(d) for d in self.shape))
+
     @property
     def numel(self) -> int:
         return math.prod(self.shape)

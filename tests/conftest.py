@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/helpers.py for every test folder
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
 

@@ -71,13 +71,14 @@ def for_output(path: Path, to: str | None, sharded: bool) -> str:
     if to:
         module(to)  # validates the name
         return to
+    suffix = Path(path).suffix.lower()
+    by_suffix = SUFFIXES.get(suffix) if suffix != ".json" else None
+    if by_suffix:
+        return by_suffix
     if sharded:
-        return "safetensors"
-    by_suffix = SUFFIXES.get(Path(path).suffix.lower())
-    if by_suffix is None or by_suffix == "safetensors" and Path(path).suffix.lower() == ".json":
-        raise FormatError(
-            "cannot tell which format to write from the output's name",
-            str(path),
-            f"pass --to ({', '.join(FORMATS)}) or use a known suffix ({', '.join(s for s in SUFFIXES if s != '.json')})",
-        )
-    return by_suffix
+        return "safetensors"  # a sharded checkpoint is a folder: its name has no suffix to go by
+    raise FormatError(
+        "cannot tell which format to write from the output's name",
+        str(path),
+        f"pass --to ({', '.join(FORMATS)}) or use a known suffix ({', '.join(s for s in SUFFIXES if s != '.json')})",
+    )

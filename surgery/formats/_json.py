@@ -27,23 +27,23 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not allowed")
 
 
-def loads_strict(raw: bytes, where: str, what: str = "header") -> Any:
+def loads_strict(raw: bytes, where: str, what: str = "header", fix: str = "the file is corrupt; re-export it") -> Any:
     """Decode untrusted JSON bytes; every failure is one CorruptFileError naming `where`."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise CorruptFileError(
-            f"{what} is not valid UTF-8 (byte {e.start})", where, "the file is corrupt; re-export it"
+            f"{what} is not valid UTF-8 (byte {e.start})", where, fix
         ) from e
     try:
         return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
     except _Duplicate as e:
         raise CorruptFileError(
-            f"{what} names {e.key!r} twice", where, "the file is corrupt; re-export it"
+            f"{what} names {e.key!r} twice", where, fix
         ) from None
     except RecursionError:
-        raise CorruptFileError(f"{what} is nested too deeply", where, "the file is corrupt; re-export it") from None
+        raise CorruptFileError(f"{what} is nested too deeply", where, fix) from None
     except ValueError as e:
         raise CorruptFileError(
-            f"{what} is not valid JSON ({e})", where, "the file is corrupt; re-export it"
+            f"{what} is not valid JSON ({e})", where, fix
         ) from None

@@ -79,7 +79,7 @@ class _Member(Source):
         )
         if np.dtype(self.stored.name) != target:  # raw bits of a dtype numpy lacks
             array = array.view(self.stored.newbyteorder("<")).view(target)
-        return np.ascontiguousarray(array.astype(target.newbyteorder("="), copy=True))
+        return np.array(array.astype(target.newbyteorder("="), copy=False), order="C", copy=True)
 
     def iter_bytes(self, entry: Entry) -> Iterator[memoryview]:
         if dtypes.get(entry.dtype).packed or (not self.fortran and self.stored.byteorder != ">"):
@@ -118,7 +118,7 @@ def _side(z: zipfile.ZipFile, where: str) -> dict:
         return {}
     if z.getinfo(SIDE_MEMBER).file_size > _MAX_SIDE:
         raise CorruptFileError(f"{SIDE_MEMBER} is larger than {_MAX_SIDE} bytes", where, _FIX)
-    side = loads_strict(z.read(SIDE_MEMBER), where, SIDE_MEMBER)
+    side = loads_strict(z.read(SIDE_MEMBER), where, SIDE_MEMBER, _FIX)
     fields_ok = isinstance(side, dict) and all(
         isinstance(side.get(k, {}), dict) for k in ("metadata", "dtypes", "shapes")
     )

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import dtypes
-from ..errors import CorruptFileError, FormatError
+from ..errors import CorruptFileError, FormatError, OutputError
 from ..tree import TORCH, UNKNOWN, Entry, FileRange, Tree
 from ._json import loads_strict
 
@@ -85,7 +85,7 @@ def read_header(path: Path) -> tuple[list[Entry], dict[str, str]]:
         if n > MAX_HEADER:
             raise CorruptFileError(f"header length {n} exceeds the {MAX_HEADER}-byte limit", where, _FIX)
         raw = f.read(n)
-    header = loads_strict(raw, where)
+    header = loads_strict(raw, where, "header", _FIX)
     if not isinstance(header, dict):
         raise CorruptFileError("header is not a JSON object", where, _FIX)
     metadata = _metadata(header.pop("__metadata__", None), where)
@@ -128,6 +128,10 @@ def _entry(name: str, info: Any, path: Path) -> Entry:
     numel = 1
     for d in shape:
         numel *= d
+    if numel * dtype.bits % 8:
+        raise CorruptFileError(
+            f"shape {shape} of packed {dtype.name} is {numel * dtype.bits} bits, not whole bytes", where, _FIX
+        )
     expected = dtype.nbytes(numel)
     if end - begin != expected:
         raise CorruptFileError(
@@ -177,7 +181,7 @@ def _load_sharded(index: Path) -> Tree:
     where = str(index)
     if index.stat().st_size > MAX_HEADER:
         raise CorruptFileError(f"index is larger than {MAX_HEADER} bytes", where, _FIX)
-    data = loads_strict(index.read_bytes(), where, "index")
+    data = loads_strict(index.read_bytes(), where, "index", _FIX)
     weight_map = data.get("weight_map") if isinstance(data, dict) else None
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
         raise CorruptFileError("index has no weight_map of tensor names to shard files", where, _FIX)
@@ -201,8 +205,15 @@ def _load_sharded(index: Path) -> Tree:
                 where,
                 _FIX,
             )
-    metadata = metadata or {}
+    if metadata is None:
+        metadata = _metadata_of_empty_checkpoint(index.parent)
     return Tree(ordered, format=NAME, convention=_convention(metadata), metadata=metadata)
+
+
+def _metadata_of_empty_checkpoint(folder: Path) -> dict[str, str]:
+    # An index that lists no tensors still has its (empty) shard beside it, which holds the metadata.
+    shards = sorted(folder.glob("*.safetensors"))
+    return read_header(shards[0])[1] if len(shards) == 1 else {}
 
 
 def _shard_path(folder: Path, name: str, where: str) -> Path:
@@ -236,6 +247,16 @@ def build_header(entries: Iterable[Entry], metadata: dict[str, str]) -> bytes:
         header["__metadata__"] = dict(metadata)
     offset = 0
     for e in entries:
+        if e.name == "__metadata__":
+            raise OutputError(
+                "a tensor named __metadata__ collides with safetensors' metadata key", e.name, "rename the tensor"
+            )
+        if e.numel * dtypes.get(e.dtype).bits % 8:
+            raise OutputError(
+                f"tensor {e.name!r} of packed {e.dtype} holds {e.numel} elements, which do not fill whole bytes",
+                e.name,
+                "safetensors stores packed dtypes only in whole bytes; pad the tensor",
+            )
         header[e.name] = {
             "dtype": dtypes.get(e.dtype).safetensors,
             "shape": list(e.shape),
