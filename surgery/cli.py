@@ -109,7 +109,7 @@ def main() -> None:
     are never modified.
 
     \b
-    Formats: safetensors (single or sharded), npz.
+    Formats: safetensors (single or sharded), npz, Keras HDF5 (.h5, .weights.h5).
     Start with:  surgery inspect MODEL
     """
 
@@ -177,7 +177,16 @@ def _print_table(tree, entries: list, total: int) -> None:
         f"{len(entries)} tensors, {total:,} bytes ({format_size(total)}); format {tree.format}, convention {tree.convention}"
     )
     for key, value in tree.metadata.items():
-        click.echo(f"metadata {_printable(key)} = {_printable(value)}")
+        click.echo(f"metadata {_printable(key)} = {_shortened(_printable(value))}")
+    from .formats.keras_h5 import dropped_on_read
+
+    if dropped_on_read(tree):
+        click.echo(f"not read: {dropped_on_read(tree)}")
+
+
+def _shortened(text: str, limit: int = 100) -> str:
+    """Long metadata (a Keras model_config) would flood the table; --json prints it whole."""
+    return text if len(text) <= limit else f"{text[: limit - 20]}... ({len(text):,} characters; --json shows all)"
 
 
 @main.command()

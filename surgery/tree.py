@@ -9,6 +9,7 @@ every entry it does not replace.
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 from collections.abc import Iterable, Iterator, Mapping
@@ -24,6 +25,9 @@ from .errors import CorruptFileError, OperationError
 __all__ = ["Convention", "KERAS", "TORCH", "UNKNOWN", "Entry", "Tree", "Source", "FileRange", "ArraySource", "LazySource"]
 
 CHUNK = 16 << 20  # bytes moved per step when streaming tensor data
+_KERNEL_CHUNK = 256 << 20  # bytes per copy_file_range call: large, but keeps progress moving
+# copy_file_range is refused across some filesystems and by some kernels; then we copy by hand.
+_NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM, errno.EBADF}
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,23 @@ class Source:
     def paths(self) -> tuple[Path, ...]:
         """Files this source reads, so writers can refuse to overwrite them."""
         return ()
+
+    def copy_into(self, entry: Entry, fd: int, progress: Callable[[int], None] | None) -> int:
+        """Append the tensor's little-endian bytes to the open file `fd`; return the count."""
+        written = 0
+        for chunk in self.iter_bytes(entry):
+            write_all(fd, chunk)
+            written += len(chunk)
+            if progress:
+                progress(len(chunk))
+        return written
+
+
+def write_all(fd: int, data: memoryview | bytes) -> None:
+    """os.write may write less than asked; loop until all of `data` is written."""
+    view = memoryview(data).cast("B")
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _array_chunks(array: np.ndarray) -> Iterator[memoryview]:
@@ -116,6 +137,33 @@ class FileRange(Source):
 
     def paths(self) -> tuple[Path, ...]:
         return (self.path,)
+
+    def copy_into(self, entry: Entry, fd: int, progress: Callable[[int], None] | None) -> int:
+        # Unchanged tensors are copied file-to-file inside the kernel (copy_file_range), as cp
+        # does: no trip through Python buffers, so converting a large checkpoint runs near disk speed.
+        if not hasattr(os, "copy_file_range"):
+            return super().copy_into(entry, fd, progress)
+        with open(self.path, "rb") as f:
+            offset, left = self.offset, self.length
+            while left:
+                try:
+                    n = os.copy_file_range(f.fileno(), fd, min(left, _KERNEL_CHUNK), offset)
+                except OSError as e:
+                    if e.errno not in _NO_KERNEL_COPY:
+                        raise
+                    rest = FileRange(self.path, offset, left)
+                    return self.length - left + Source.copy_into(rest, entry, fd, progress)
+                if n == 0:
+                    raise CorruptFileError(
+                        f"file ended {left} bytes early while reading tensor {entry.name!r}",
+                        str(self.path),
+                        "the file is truncated; copy or download it again",
+                    )
+                offset += n
+                left -= n
+                if progress:
+                    progress(n)
+        return self.length
 
 
 @dataclass(frozen=True, eq=False)
@@ -189,6 +237,10 @@ class Entry:
         """The tensor as little-endian, C-order bytes, streamed in chunks."""
         return self.source.iter_bytes(self)
 
+    def copy_into(self, fd: int, progress: Callable[[int], None] | None = None) -> int:
+        """Append the tensor's bytes to the open file descriptor `fd`; return how many were written."""
+        return self.source.copy_into(self, fd, progress)
+
     def renamed(self, name: str) -> Entry:
         return Entry(name, self.shape, self.dtype, self.source, self.attrs)
 
@@ -227,6 +279,9 @@ class Tree(Mapping[str, Entry]):
         format: the format the tree was read from ("safetensors", "npz", ...), or "" if built in memory.
         convention: the framework layout of its weights (KERAS, TORCH or UNKNOWN).
         metadata: free-form string metadata, kept across formats that can store it.
+        format_state: what a format needs to write its own layout back (Keras layer order,
+            HDF5 group attributes); private to that format, not shown as metadata, and
+            dropped when the tree is written in another format.
 
     Example:
         >>> import numpy as np
@@ -242,6 +297,7 @@ class Tree(Mapping[str, Entry]):
         format: str = "",
         convention: Convention = UNKNOWN,
         metadata: Mapping[str, str] | None = None,
+        format_state: Mapping[str, str] | None = None,
     ) -> None:
         self._entries: dict[str, Entry] = {}
         for entry in entries:
@@ -253,6 +309,7 @@ class Tree(Mapping[str, Entry]):
         self.format = format
         self.convention = convention
         self.metadata: dict[str, str] = dict(metadata or {})
+        self.format_state: dict[str, str] = dict(format_state or {})
 
     def __getitem__(self, name: str) -> Entry:
         return self._entries[name]
@@ -304,6 +361,7 @@ class Tree(Mapping[str, Entry]):
             format=self.format if format is None else format,
             convention=self.convention if convention is None else convention,
             metadata=self.metadata if metadata is None else metadata,
+            format_state=self.format_state,
         )
 
 

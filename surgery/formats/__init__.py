@@ -21,6 +21,7 @@ __all__ = ["FORMATS", "module", "detect", "for_output", "names"]
 FORMATS: dict[str, str] = {
     "safetensors": "surgery.formats.safetensors_io",
     "npz": "surgery.formats.npz_io",
+    "keras_h5": "surgery.formats.keras_h5",
 }
 
 # Suffixes, so that outputs can be named without --to and inputs can be detected
@@ -29,6 +30,8 @@ SUFFIXES: dict[str, str] = {
     ".safetensors": "safetensors",
     ".json": "safetensors",  # a sharded checkpoint's index
     ".npz": "npz",
+    ".h5": "keras_h5",
+    ".hdf5": "keras_h5",
 }
 
 

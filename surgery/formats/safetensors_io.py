@@ -18,7 +18,7 @@ from typing import Any
 
 from .. import dtypes
 from ..errors import CorruptFileError, FormatError, OutputError
-from ..tree import TORCH, UNKNOWN, Entry, FileRange, Tree
+from ..tree import TORCH, UNKNOWN, Entry, FileRange, Tree, write_all
 from ._json import loads_strict
 
 NAME = "safetensors"
@@ -269,21 +269,18 @@ def build_header(entries: Iterable[Entry], metadata: dict[str, str]) -> bytes:
 
 
 def write_file(path: Path, entries: list[Entry], metadata: dict[str, str], progress: Progress | None) -> None:
-    with open(path, "wb") as f:
-        f.write(build_header(entries, metadata))
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        write_all(fd, build_header(entries, metadata))
         for e in entries:
-            written = 0
-            for chunk in e.iter_bytes():
-                f.write(chunk)
-                written += len(chunk)
-                if progress:
-                    progress(len(chunk))
+            written = e.copy_into(fd, progress)
             if written != e.nbytes:
                 raise CorruptFileError(
                     f"tensor {e.name!r} gave {written} bytes but {e.nbytes} were expected", e.name, _FIX
                 )
-        f.flush()
-        os.fsync(f.fileno())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def plan_shards(entries: list[Entry], shard_size: int) -> list[list[Entry]]:

@@ -1,0 +1,399 @@
+"""Keras HDF5 weight files: Keras 2 `save_weights`, full-model `.h5`, and Keras 3 `.weights.h5`.
+
+Three layouts share one reader:
+
+* Keras 2 weights: root attribute `layer_names`; each layer group lists its
+  datasets in a `weight_names` attribute (`conv1/kernel:0`, which may be nested
+  under an inner name that differs from the layer's, or not nested at all).
+* Full model: the same under `model_weights`, plus `model_config` and
+  `training_config` root attributes (kept verbatim) and `optimizer_weights`
+  (dropped: after surgery its shapes no longer match the model).
+* Keras 3: `layers/<key>/vars/<i>`, where the `vars` group's `name` attribute
+  holds the layer's own name.
+
+Tree names are `layer/weight` (`conv4_3_norm_mbox_conf/kernel`; `a_mbox_conf/0`
+for Keras 3, whose files do not name variables). The file's string attributes
+(`model_config`, `keras_version`, ...) become the tree's metadata. What is needed
+to write the same layout back (layer order, group attributes) travels in the
+tree's `format_state` under `keras.*` keys.
+
+Unchanged datasets are copied with HDF5's object copy, so their dtype,
+chunking and compression stay as they were; changed ones keep the filters.
+h5py is imported only when a Keras file is read or written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import dtypes
+from ..errors import CorruptFileError, FormatError, OutputError
+from ..naming import layer_of
+from ..tree import KERAS, TORCH, Entry, Source, Tree
+
+NAME = "keras_h5"
+SUFFIXES = (".h5", ".hdf5", ".keras.h5", ".weights.h5")
+MAGIC = b"\x89HDF\r\n\x1a\n"
+_FIX = "the file is corrupt or not a Keras weights file; re-save it with model.save_weights"
+
+# format_state keys. Every metadata key is written back as a root attribute.
+LAYOUT = "keras.layout"  # "weights" (Keras 2 save_weights), "model" (full model), "keras3"
+LAYER_NAMES = "keras.layer_names"  # JSON list: layer order, including layers without weights
+WEIGHTLESS = "keras.weightless"  # JSON list: layers that had no weights in the source file
+SKELETON = "keras.skeleton"  # Keras 3: JSON list of [group path, {attribute: string}]
+DROPPED = "keras.dropped"  # what reading left out (optimizer state), for reports
+
+# The last Keras 2 release. Keras' legacy loader treats a file without keras_version as
+# Keras 1 and "converts" its kernels, so files we build from other formats must carry one.
+_DEFAULT_KERAS_VERSION = "2.15.0"
+_ATTR_LIMIT = 64000  # HDF5 object headers hold at most 64 KiB of attributes; Keras splits longer lists
+_DATASET_OPTIONS = ("compression", "compression_opts", "shuffle", "fletcher32", "scaleoffset")
+
+Progress = Callable[[int], None]
+
+
+def _h5py():
+    try:
+        import h5py
+    except ImportError as e:  # pragma: no cover - h5py is a core dependency
+        raise FormatError("h5py is not installed", "keras_h5", "pip install h5py") from e
+    return h5py
+
+
+def sniff(path: Path, head: bytes, size: int) -> bool:
+    return path.is_file() and head.startswith(MAGIC)
+
+
+# -- reading ------------------------------------------------------------------------
+
+
+class H5Dataset(Source):
+    """One HDF5 dataset, read when asked."""
+
+    def __init__(self, path: Path, dataset: str) -> None:
+        self.path, self.dataset = Path(path), dataset
+
+    def read_array(self, entry: Entry) -> np.ndarray:
+        h5py = _h5py()
+        try:
+            with h5py.File(self.path, "r") as f:
+                array = f[self.dataset][()]
+        except (OSError, KeyError) as e:
+            raise CorruptFileError(f"cannot read dataset {self.dataset!r} ({e})", str(self.path), _FIX) from e
+        array = np.asarray(array)
+        return array.astype(array.dtype.newbyteorder("="), copy=False)
+
+    def paths(self) -> tuple[Path, ...]:
+        return (self.path,)
+
+
+def load(path: Path) -> Tree:
+    h5py = _h5py()
+    path = Path(path)
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise CorruptFileError(f"cannot open the HDF5 file ({e})", str(path), _FIX) from e
+    with f:
+        metadata = {k: v for k, v in ((k, _attr_string(f.attrs, k)) for k in f.attrs) if v is not None}
+        state: dict[str, str] = {}
+        if "model_weights" in f:
+            entries = _read_keras2(path, f["model_weights"], state)
+            state[LAYOUT] = "model"
+            if "optimizer_weights" in f:
+                count = _count_datasets(f["optimizer_weights"])
+                state[DROPPED] = f"optimizer_weights ({count} tensors): their shapes no longer match after surgery"
+        elif _has_attr(f, "layer_names"):
+            entries = _read_keras2(path, f, state)
+            state[LAYOUT] = "weights"
+        elif "layers" in f or "vars" in f:
+            entries = _read_keras3(path, f, state)
+            state[LAYOUT] = "keras3"
+        else:
+            raise FormatError(
+                "an HDF5 file without Keras weights (no layer_names, model_weights or layers group)",
+                str(path),
+                "surgery reads files written by Keras save_weights or model.save",
+            )
+    return Tree(entries, format=NAME, convention=KERAS, metadata=metadata, format_state=state)
+
+
+def _read_keras2(path: Path, root: Any, state: dict[str, str]) -> list[Entry]:
+    layer_names = _attr_list(root, "layer_names")
+    entries: list[Entry] = []
+    weightless = []
+    for layer in layer_names:
+        if layer not in root:
+            raise CorruptFileError(f"layer {layer!r} is listed in layer_names but has no group", str(path), _FIX)
+        group = root[layer]
+        weight_names = _attr_list(group, "weight_names")
+        if not weight_names:
+            weightless.append(layer)
+        short = _short_names(layer, weight_names)
+        for weight_name, tensor in zip(weight_names, short):
+            if weight_name not in group:
+                raise CorruptFileError(
+                    f"weight {weight_name!r} of layer {layer!r} is listed but missing", str(path), _FIX
+                )
+            entries.append(
+                _entry(path, group[weight_name], f"{layer}/{tensor}", {"keras.layer": layer, "keras.weight_name": weight_name})
+            )
+    state[LAYER_NAMES] = json.dumps(layer_names, ensure_ascii=False)
+    state[WEIGHTLESS] = json.dumps(weightless, ensure_ascii=False)
+    return entries
+
+
+def _short_names(layer: str, weight_names: list[str]) -> list[str]:
+    """`conv1/kernel:0` -> `kernel`; the longer path only where short names would collide."""
+    plain = [re.sub(r":\d+$", "", w) for w in weight_names]
+    short = [p.rsplit("/", 1)[-1] for p in plain]
+    if len(set(short)) == len(short):
+        return short
+    return [p[len(layer) + 1 :] if p.startswith(layer + "/") else p for p in plain]
+
+
+def _read_keras3(path: Path, f: Any, state: dict[str, str]) -> list[Entry]:
+    entries: list[Entry] = []
+    skeleton: list[list[Any]] = []
+    dropped = 0
+
+    def walk(group: Any, prefix: str) -> None:
+        nonlocal dropped
+        skeleton.append([group.name, {k: v for k, v in ((k, _attr_string(group.attrs, k)) for k in group.attrs) if v is not None}])
+        for key in _ordered_keys(group):
+            child = group[key]
+            if group.name == "/" and key == "optimizer":
+                dropped += _count_datasets(child)
+                continue
+            if isinstance(child, _h5py().Dataset):
+                entries.append(_entry(path, child, prefix + key, {"keras.h5_path": child.name}))
+            elif key == "vars" or key == "layers":
+                walk(child, prefix)
+            else:
+                walk(child, prefix + _display_name(child, key) + "/")
+
+    walk(f, "")
+    state[SKELETON] = json.dumps(skeleton, ensure_ascii=False)
+    if dropped:
+        state[DROPPED] = f"optimizer ({dropped} tensors): its state no longer matches after surgery"
+    return entries
+
+
+def _display_name(group: Any, key: str) -> str:
+    """A Keras 3 layer group is keyed by class (`conv2d_1`); its vars carry the layer's own name."""
+    if "vars" in group:
+        name = _attr_string(group["vars"].attrs, "name")
+        if name:
+            return name
+    return key
+
+
+def _ordered_keys(group: Any) -> list[str]:
+    # Keras 3 numbers variables 0, 1, ..., 10: order them as numbers, not strings.
+    return sorted(group.keys(), key=lambda k: (0, int(k), "") if k.isdigit() else (1, 0, k))
+
+
+def _entry(path: Path, dataset: Any, name: str, attrs: dict[str, object]) -> Entry:
+    try:
+        dtype = dtypes.from_numpy(dataset.dtype.newbyteorder("="))
+    except Exception as e:
+        raise FormatError(
+            f"dataset {dataset.name!r} has dtype {dataset.dtype}, which is not a tensor type", str(path), _FIX
+        ) from e
+    options = {k: getattr(dataset, k) for k in _DATASET_OPTIONS if getattr(dataset, k, None) not in (None, False)}
+    options["chunked"] = dataset.chunks is not None
+    return Entry(name, dataset.shape, dtype.name, H5Dataset(path, dataset.name), {**attrs, "h5": options})
+
+
+def _count_datasets(group: Any) -> int:
+    count = 0
+
+    def visit(_: str, obj: Any) -> None:
+        nonlocal count
+        count += isinstance(obj, _h5py().Dataset)
+
+    group.visititems(visit)
+    return count
+
+
+def _has_attr(group: Any, name: str) -> bool:
+    return name in group.attrs or f"{name}0" in group.attrs
+
+
+def _attr_list(group: Any, name: str) -> list[str]:
+    """A list-of-strings attribute, as Keras writes it: bytes or str, fixed or variable
+    length, and split into name0, name1, ... when it would not fit one object header."""
+    if name in group.attrs:
+        values = [group.attrs[name]]
+    else:
+        values, k = [], 0
+        while f"{name}{k}" in group.attrs:
+            values.append(group.attrs[f"{name}{k}"])
+            k += 1
+    out: list[str] = []
+    for value in values:
+        array = np.atleast_1d(np.asarray(value))
+        if array.size and array.dtype.kind not in "SUO":
+            raise CorruptFileError(f"attribute {name!r} of {group.name} is not a list of names", group.file.filename, _FIX)
+        out.extend(v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in array.tolist())
+    return out
+
+
+def _attr_string(attrs: Any, name: str) -> str | None:
+    """A scalar string attribute as str; None for anything else (arrays, numbers)."""
+    value = attrs[name]
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if isinstance(value, str):
+        return value
+    if isinstance(value, np.ndarray) and value.shape == () and value.dtype.kind in "SUO":
+        return _attr_string({name: value.item()}, name)
+    return None
+
+
+# -- writing ------------------------------------------------------------------------
+
+
+def save(tree: Tree, path: Path, *, progress: Progress | None = None) -> None:
+    h5py = _h5py()
+    check_writable(tree)
+    layout = _state(tree).get(LAYOUT, "weights")
+    sources: dict[Path, Any] = {}
+    try:
+        with h5py.File(path, "w", track_order=True) as f:
+            if layout == "keras3":
+                _write_keras3(f, tree, sources, progress)
+            else:
+                _write_keras2(f, tree, layout, sources, progress)
+            f.flush()
+    finally:
+        for handle in sources.values():
+            handle.close()
+    with open(path, "rb+") as raw:  # h5py has no fsync of its own
+        os.fsync(raw.fileno())
+
+
+def check_writable(tree: Tree) -> None:
+    """Refuse what a Keras file cannot hold before anything is written."""
+    if tree.convention == TORCH:
+        raise OutputError(
+            "the weights are in PyTorch layout (output axis first); Keras files need Keras layout",
+            "keras_h5",
+            "write safetensors or npz instead",
+        )
+    for e in tree.values():
+        dtype = dtypes.get(e.dtype)
+        if not dtype.numpy_native:
+            raise OutputError(
+                f"tensor {e.name!r} is {e.dtype}, which HDF5 cannot store", e.name, "cast it first with --dtype float32"
+            )
+    if _state(tree).get(LAYOUT) == "keras3":
+        missing = [e.name for e in tree.values() if "keras.h5_path" not in e.attrs]
+        if missing:
+            raise OutputError(
+                f"tensor {missing[0]!r} has no place in the Keras 3 file it came from",
+                "keras_h5",
+                "write a Keras 2-style .h5 (load it with load_weights(by_name=True)) or safetensors",
+            )
+
+
+def _write_keras2(f: Any, tree: Tree, layout: str, sources: dict, progress: Progress | None) -> None:
+    by_layer: dict[str, list[Entry]] = {}
+    for e in tree.values():
+        layer = str(e.attrs.get("keras.layer") or layer_of(e.name) or e.name)
+        by_layer.setdefault(layer, []).append(e)
+    listed = json.loads(_state(tree).get(LAYER_NAMES, "[]"))
+    weightless = set(json.loads(_state(tree).get(WEIGHTLESS, "[]")))
+    order = [n for n in listed if n in by_layer or n in weightless] + [n for n in by_layer if n not in listed]
+
+    version = tree.metadata.get("keras_version", _DEFAULT_KERAS_VERSION)
+    backend = tree.metadata.get("backend", "tensorflow")
+    for key, value in tree.metadata.items():
+        f.attrs[key] = value
+    f.attrs["keras_version"], f.attrs["backend"] = version, backend
+    root = f if layout == "weights" else f.create_group("model_weights", track_order=True)
+    root.attrs["keras_version"], root.attrs["backend"] = version, backend
+    _write_attr_list(root, "layer_names", order)
+    for layer in order:
+        group = root.create_group(layer, track_order=True)
+        weight_names = []
+        for e in by_layer.get(layer, []):
+            weight_name = str(e.attrs.get("keras.weight_name") or f"{layer}/{e.name.rsplit('/', 1)[-1]}:0")
+            _write_dataset(group, weight_name, e, sources, progress)
+            weight_names.append(weight_name)
+        _write_attr_list(group, "weight_names", weight_names)
+
+
+def _write_keras3(f: Any, tree: Tree, sources: dict, progress: Progress | None) -> None:
+    for group_path, attrs in json.loads(_state(tree).get(SKELETON, "[]")):
+        group = f if group_path == "/" else f.require_group(group_path)
+        for key, value in attrs.items():
+            group.attrs[key] = value
+    for key, value in tree.metadata.items():
+        if key not in f.attrs:
+            f.attrs[key] = value
+    for e in tree.values():
+        _write_dataset(f, str(e.attrs["keras.h5_path"]), e, sources, progress)
+
+
+def _state(tree: Tree) -> dict[str, str]:
+    """Our layout facts, only when the tree was read from a Keras file."""
+    return tree.format_state if tree.format == NAME else {}
+
+
+def dropped_on_read(tree: Tree) -> str | None:
+    """What reading left out of the tree (optimizer state), for reports."""
+    return _state(tree).get(DROPPED)
+
+
+def _write_dataset(group: Any, name: str, e: Entry, sources: dict, progress: Progress | None) -> None:
+    source = e.source
+    if isinstance(source, H5Dataset):
+        handle = sources.get(source.path)
+        if handle is None:
+            handle = sources[source.path] = _h5py().File(source.path, "r")
+        original = handle[source.dataset]
+        if original.shape == e.shape and dtypes.from_numpy(original.dtype.newbyteorder("=")).name == e.dtype:
+            # Unchanged: HDF5 copies the stored chunks as they are (no decode, no re-encode).
+            parent, _, leaf = name.rpartition("/")
+            target = group.require_group(parent) if parent else group
+            handle.copy(original, target, name=leaf)
+            if progress:
+                progress(e.nbytes)
+            return
+    array = e.read()
+    options = dict(e.attrs.get("h5", {}) or {})
+    chunked = options.pop("chunked", False) or bool(options)
+    if array.size == 0:  # HDF5 cannot chunk or filter an empty dataset
+        chunked, options = False, {}
+    group.create_dataset(name, data=array, chunks=True if chunked else None, **options)
+    if progress:
+        progress(e.nbytes)
+
+
+def _write_attr_list(group: Any, name: str, values: Iterable[str]) -> None:
+    """Fixed-length UTF-8 bytes, as Keras 2 writes them, split when too long for one header."""
+    encoded = [v.encode("utf-8") for v in values]
+    array = np.array(encoded, dtype=f"S{max([len(v) for v in encoded] + [1])}")
+    if array.nbytes <= _ATTR_LIMIT:
+        group.attrs[name] = array
+        return
+    parts = int(np.ceil(array.nbytes / _ATTR_LIMIT))
+    for k, chunk in enumerate(np.array_split(array, parts)):
+        group.attrs[f"{name}{k}"] = chunk
+
+
+def dataset_paths(path: Path) -> Iterator[str]:
+    """Every dataset in a file (for tests and inspection)."""
+    h5py = _h5py()
+    with h5py.File(path, "r") as f:
+        found: list[str] = []
+        f.visititems(lambda n, o: found.append(n) if isinstance(o, h5py.Dataset) else None)
+    yield from found
