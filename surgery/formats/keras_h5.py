@@ -196,8 +196,9 @@ def _display_name(group: Any, key: str) -> str:
 
 
 def _ordered_keys(group: Any) -> list[str]:
-    # Keras 3 numbers variables 0, 1, ..., 10: order them as numbers, not strings.
-    return sorted(group.keys(), key=lambda k: (0, int(k), "") if k.isdigit() else (1, 0, k))
+    # Keras 3 numbers variables 0, 1, ..., 10 and layers conv2d, conv2d_1, ..., conv2d_10 in
+    # creation order: sort digit runs as numbers so that order survives.
+    return sorted(group.keys(), key=lambda k: [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", k)])
 
 
 def _entry(path: Path, dataset: Any, name: str, attrs: dict[str, object]) -> Entry:

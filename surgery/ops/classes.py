@@ -1,0 +1,630 @@
+"""Class-axis surgery: keep, reorder, repeat or add classes in classifier heads, per anchor.
+
+A detection head's output channels interleave classes with anchors (boxes per
+location). SSD lays them out anchor-major, `anchor*K + class`, so keeping
+classes [0, 3, 8] of a 4-anchor, 81-class layer keeps channels
+[0, 3, 8, 81, 84, 89, 162, ...]. This module works out those channel lists
+for every head layout (see `surgery.heads`), checks them against each layer's
+shape, and builds a new tree whose head tensors are computed lazily.
+
+Planning (`plan_classes`) and applying (`apply_plan`) are separate so that a dry
+run shows exactly what a real run does, and `verify` can replay a plan.
+Framework-free: numpy only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import zlib
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .. import dtypes
+from ..errors import OperationError
+from ..heads import CLASS_HEADS, HeadPattern
+from ..naming import layer_of, layers, matches
+from ..report import Report
+from ..tree import Entry, Tree
+
+__all__ = [
+    "LAYOUTS",
+    "INITS",
+    "LayerPlan",
+    "ClassPlan",
+    "parse_classes",
+    "channel_map",
+    "plan_classes",
+    "apply_plan",
+    "resample_classes",
+    "verify",
+]
+
+LAYOUTS = ("anchor-major", "anchor-major-fields", "class-major", "plain")
+INITS = ("gaussian", "zeros", "xavier", "mean", "copy:<class>")
+GAUSSIAN_STD = 0.005  # the SSD weight-sampling tutorial's default for new classes
+DEFAULT_FIELDS = 5  # YOLO: x, y, w, h, objectness before the classes of each anchor
+DEFAULT_GROUP = 4  # Faster R-CNN box regression: 4 numbers per class
+LOC_CHANNELS_PER_ANCHOR = 4  # SSD *_mbox_loc: one box (4 numbers) per anchor
+
+# One output channel: an int is the source channel it copies; a tuple marks a new
+# class and holds the source channels of every class in its anchor group (so that
+# `mean` and `copy:<class>` know where to look).
+Channel = int | tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """What happens to one layer."""
+
+    layer: str
+    layout: str
+    channels: int
+    anchors: int
+    fields: int
+    group: int
+    tensors: tuple[str, ...]
+    axis: int
+    channel_map: tuple[Channel, ...]
+    why: str
+
+    @property
+    def new_channels(self) -> int:
+        return len(self.channel_map)
+
+
+@dataclass(frozen=True)
+class ClassPlan:
+    """The whole edit: the source class count, the new class list and each layer's plan."""
+
+    source_classes: int
+    classes: tuple[int | None, ...]
+    layers: tuple[LayerPlan, ...]
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def adds_classes(self) -> bool:
+        return any(c is None for c in self.classes)
+
+    def to_json(self, tree: Tree) -> dict[str, object]:
+        return {
+            "source_classes": self.source_classes,
+            "num_classes": self.num_classes,
+            "classes": ["new" if c is None else c for c in self.classes],
+            "layers": [
+                {
+                    "layer": lp.layer,
+                    "layout": lp.layout,
+                    "anchors": lp.anchors,
+                    "why": lp.why,
+                    "channels": [c if isinstance(c, int) else "new" for c in lp.channel_map],
+                    "tensors": [
+                        {"name": n, "before": list(tree[n].shape), "after": list(_new_shape(tree[n], lp))}
+                        for n in lp.tensors
+                    ],
+                }
+                for lp in self.layers
+            ],
+            "notes": list(self.notes),
+        }
+
+
+# -- parsing ------------------------------------------------------------------------
+
+
+def parse_classes(text: str) -> list[int | None]:
+    """'0,3,8,new' -> [0, 3, 8, None]. Ranges 'a-b' are inclusive. Order is kept."""
+    out: list[int | None] = []
+    for token in (t.strip() for t in text.split(",")):
+        if token.lower() == "new":
+            out.append(None)
+        elif token.lstrip("-").isdigit():
+            out.append(int(token))
+        elif "-" in token and all(p.isdigit() for p in token.split("-", 1)):
+            lo, hi = (int(p) for p in token.split("-", 1))
+            out.extend(range(lo, hi + 1))
+        else:
+            raise OperationError(
+                f"{token!r} is not a class index", "--classes", "write source indices like 0,3,8 or 1-5, and 'new' to add a class"
+            )
+    if not out:
+        raise OperationError("no classes given", "--classes", "write source indices like 0,3,8")
+    return out
+
+
+# -- channel arithmetic -------------------------------------------------------------
+
+
+def channel_map(
+    layout: str, source_classes: int, anchors: int, classes: Sequence[int | None], *, fields: int = 0, group: int = 1
+) -> list[Channel]:
+    """The source channel of every output channel, for one layer.
+
+    >>> channel_map("anchor-major", 81, 2, [0, 3])
+    [0, 3, 81, 84]
+    """
+    K = source_classes
+    out: list[Channel] = []
+    if layout in ("anchor-major", "anchor-major-fields"):
+        stride = K + fields
+        for a in range(anchors):
+            base = a * stride
+            out.extend(range(base, base + fields))  # per-anchor fields (YOLO box + objectness) stay
+            every = tuple(base + fields + c for c in range(K))
+            out.extend(every if c is None else base + fields + c for c in classes)
+    elif layout == "class-major":
+        for c in classes:
+            if c is None:
+                out.extend(tuple(k2 * group + k for k2 in range(K)) for k in range(group))
+            else:
+                out.extend(c * group + k for k in range(group))
+    elif layout == "plain":
+        every = tuple(range(K))
+        out.extend(every if c is None else c for c in classes)
+    else:
+        raise OperationError(f"unknown layout {layout!r}", "--layout", f"use one of: {', '.join(LAYOUTS)}")
+    return out
+
+
+def _classes_in(layout: str, channels: int, anchors: int, fields: int, group: int) -> int | None:
+    """How many classes `channels` hold with this many anchors, or None if it does not divide."""
+    if layout == "plain":
+        return channels
+    if layout == "class-major":
+        return channels // group if channels % group == 0 else None
+    if anchors <= 0 or channels % anchors:
+        return None
+    per_anchor = channels // anchors - fields
+    return per_anchor if per_anchor > 0 else None
+
+
+def _anchors_for(layout: str, channels: int, K: int, fields: int, group: int) -> int | None:
+    if layout == "plain":
+        return 1 if channels == K else None
+    if layout == "class-major":
+        return 1 if channels == K * group else None
+    stride = K + fields
+    return channels // stride if channels % stride == 0 and channels else None
+
+
+# -- planning -----------------------------------------------------------------------
+
+
+@dataclass
+class _Layer:
+    name: str
+    row: HeadPattern | None
+    why: str
+    layout: str = "plain"
+    fields: int = 0
+    group: int = 1
+    channels: int = 0
+    axis: int = -1
+    tensors: tuple[str, ...] = ()
+
+
+def plan_classes(
+    tree: Tree,
+    classes: Sequence[int | None] | None = None,
+    *,
+    num_classes: int | None = None,
+    seed: int | None = None,
+    layer_globs: Iterable[str] = (),
+    layout: str | None = None,
+    source_classes: int | None = None,
+    anchors: int | None = None,
+    anchors_per_layer: Mapping[str, int] | None = None,
+    axis: int | None = None,
+) -> ClassPlan:
+    """Work out every channel list before any data is read.
+
+    Args:
+        tree: the checkpoint.
+        classes: source class indices in their new order; None adds a new class.
+        num_classes: instead of `classes`: fewer than the source picks at random (keeping
+            background), more keeps all and adds new ones.
+        seed: for the random pick (default 0, reported).
+        layer_globs: which layers; default: detect from `surgery.heads.CLASS_HEADS`.
+        layout: force one layout for every layer.
+        source_classes: the source class count K, when it cannot be inferred.
+        anchors: boxes per location, applied where it divides a layer's channels consistently.
+        anchors_per_layer: layer name -> anchors, overriding the above.
+        axis: the class axis of multi-dimensional tensors (default: the tree's convention).
+
+    Raises:
+        OperationError: with the layer, its channel count and the values that would fit.
+    """
+    anchors_per_layer = dict(anchors_per_layer or {})
+    if (classes is None) == (num_classes is None):
+        raise OperationError("give either the classes to keep or their number", "--classes", "pass --classes 0,3,8 or --num-classes N")
+    chosen = _choose_layers(tree, list(layer_globs), layout, axis)
+    unknown = set(anchors_per_layer) - {c.name for c in chosen}
+    if unknown:
+        raise OperationError(
+            f"--anchors names layer {sorted(unknown)[0]!r}, which is not one of the class layers",
+            "--anchors",
+            f"name one of: {', '.join(c.name for c in chosen)}",
+        )
+    K, k_why = _source_class_count(tree, chosen, source_classes, anchors, anchors_per_layer)
+    notes: list[str] = []
+    picked = _pick_classes(K, classes, num_classes, seed, chosen, notes)
+    for c in picked:
+        if c is not None and not 0 <= c < K:
+            raise OperationError(
+                f"class index {c} is out of range: {chosen[0].name} has {K} classes, so indices run 0..{K - 1}",
+                "--classes",
+                "use source indices in that range (0 is the background class in SSD heads)",
+            )
+    repeats = {c: n for c, n in Counter(c for c in picked if c is not None).items() if n > 1}
+    for c, n in sorted(repeats.items()):
+        notes.append(f"class {c} is kept {n} times; its weights are copied to each place")
+    plans = []
+    for c in chosen:
+        n_anchors = anchors_per_layer.get(c.name)
+        if n_anchors is None:
+            n_anchors = _anchors_for(c.layout, c.channels, K, c.fields, c.group)
+        elif _classes_in(c.layout, c.channels, n_anchors, c.fields, c.group) != K:
+            n_anchors = None
+        if n_anchors is None:
+            raise OperationError(
+                f"layer {c.name} has {c.channels} channels, which do not hold {K} classes in the {c.layout} layout",
+                c.name,
+                _what_fits(c, K),
+            )
+        how = _anchor_reason(c, n_anchors, K, anchors, anchors_per_layer, k_why)
+        cmap = channel_map(c.layout, K, n_anchors, picked, fields=c.fields, group=c.group)
+        plans.append(LayerPlan(c.name, c.layout, c.channels, n_anchors, c.fields, c.group, c.tensors, c.axis, tuple(cmap), f"{c.why}; {how}"))
+    return ClassPlan(K, tuple(picked), tuple(plans), tuple(notes))
+
+
+def _choose_layers(tree: Tree, globs: list[str], layout: str | None, axis: int | None) -> list[_Layer]:
+    all_layers = layers(tree)
+    chosen: list[_Layer] = []
+    if globs:
+        for g in globs:
+            if not any(matches(name, [g]) for name in all_layers):
+                raise OperationError(
+                    f"--layers {g} matches no layer",
+                    "--layers",
+                    "list the layers with `surgery inspect`; globs are case-sensitive and '*' crosses '/' and '.'",
+                )
+        for name in all_layers:
+            hit = next((g for g in globs if matches(name, [g])), None)
+            if hit is not None:
+                row = next((r for r in CLASS_HEADS if matches(name, r.layers)), None)
+                chosen.append(_Layer(name, row, f"chosen by --layers {hit}"))
+    else:
+        for family in dict.fromkeys(r.family for r in CLASS_HEADS):
+            rows = [r for r in CLASS_HEADS if r.family == family]
+            for name in all_layers:
+                row = next((r for r in rows if matches(name, r.layers)), None)
+                if row is not None:
+                    glob = next(g for g in row.layers if matches(name, [g]))
+                    chosen.append(_Layer(name, row, f"{family} head ({row.role}: {glob})"))
+            if chosen:
+                break
+        if not chosen:
+            raise OperationError(
+                "no classifier layer found",
+                f"{len(all_layers)} layers",
+                "name the layers with --layers GLOB (see `surgery inspect`)",
+            )
+    for c in chosen:
+        _describe(tree, c, layout, axis)
+    return chosen
+
+
+def _describe(tree: Tree, c: _Layer, layout: str | None, axis: int | None) -> None:
+    """Fill in a layer's layout, class axis, channel count and the tensors that move."""
+    c.layout = layout or (c.row.layout if c.row else "plain")
+    if c.layout == "anchor-major-fields":
+        c.fields = c.row.fields if c.row and c.row.fields else DEFAULT_FIELDS
+    if c.layout == "class-major":
+        c.group = c.row.group if c.row and c.row.group > 1 else DEFAULT_GROUP
+    if axis is None:
+        axis = tree.convention.out_axis
+        if axis is None:
+            raise OperationError(
+                "the checkpoint does not say which axis of a weight is its output axis",
+                c.name,
+                "pass --axis -1 for Keras layout or --axis 0 for PyTorch layout",
+            )
+    c.axis = axis
+    members = [e for e in tree.values() if layer_of(e.name) == c.name and e.shape]
+    if not members:
+        raise OperationError(f"layer {c.name} has no tensors with a class axis", c.name, "choose another layer with --layers")
+    main = max(members, key=lambda e: len(e.shape))
+    try:
+        c.channels = main.shape[_axis_of(main, axis)]
+    except IndexError:
+        raise OperationError(f"--axis {axis} does not exist in {main.name} {list(main.shape)}", c.name, "pick an axis the kernel has") from None
+    c.tensors = tuple(e.name for e in members if e.shape[_axis_of(e, axis)] == c.channels)
+
+
+def _axis_of(e: Entry, axis: int) -> int:
+    """The class axis of one tensor: `axis` for kernels, the only axis for biases."""
+    rank = len(e.shape)
+    if rank == 1:
+        return 0
+    if not -rank <= axis < rank:
+        raise IndexError(axis)
+    return axis % rank
+
+
+def _source_class_count(
+    tree: Tree, chosen: list[_Layer], given: int | None, anchors: int | None, per_layer: Mapping[str, int]
+) -> tuple[int, str]:
+    if given is not None:
+        if given <= 0:
+            raise OperationError(f"--source-classes {given} must be positive", "--source-classes", "give the class count the model was trained with")
+        return given, "--source-classes"
+    candidates: list[tuple[int, str]] = []  # (K, where it came from)
+    for c in chosen:
+        if c.name in per_layer:
+            k = _classes_in(c.layout, c.channels, per_layer[c.name], c.fields, c.group)
+            if k is None:
+                raise OperationError(
+                    f"--anchors {c.name}={per_layer[c.name]} does not divide its {c.channels} channels",
+                    c.name,
+                    _what_fits(c, None),
+                )
+            candidates.append((k, f"{c.name} ({c.channels} channels, --anchors {c.name}={per_layer[c.name]})"))
+        elif c.layout in ("plain", "class-major"):
+            k = _classes_in(c.layout, c.channels, 1, c.fields, c.group)
+            if k is not None:
+                candidates.append((k, f"{c.name} ({c.channels} channels, {c.layout})"))
+        else:
+            loc = _paired_loc_anchors(tree, c)
+            if anchors is not None:
+                k = _classes_in(c.layout, c.channels, anchors, c.fields, c.group)
+                if k is not None:
+                    candidates.append((k, f"{c.name} ({c.channels} channels, --anchors {anchors})"))
+            elif loc is not None:
+                k = _classes_in(c.layout, c.channels, loc[0], c.fields, c.group)
+                if k is not None:
+                    candidates.append((k, f"{c.name} ({c.channels} channels, {loc[0]} anchors from {loc[1]})"))
+    if not candidates and anchors is not None:
+        c = chosen[0]
+        raise OperationError(
+            f"--anchors {anchors} does not divide the channels of any class layer; {c.name} has {c.channels}",
+            "--anchors",
+            _what_fits(c, None),
+        )
+    if not candidates:
+        c = chosen[0]
+        raise OperationError(
+            f"cannot tell how many classes the {c.channels} channels of {c.name} hold",
+            c.name,
+            "pass --anchors A (boxes per location) or --source-classes K",
+        )
+    found = {k for k, _ in candidates}
+    if len(found) > 1:
+        first = candidates[0]
+        other = next(x for x in candidates if x[0] != first[0])
+        raise OperationError(
+            f"layers disagree on the number of classes: {first[1]} gives {first[0]} but {other[1]} gives {other[0]}",
+            other[1].split(" ")[0],
+            "pass --source-classes K, or --anchors LAYER=A for the layer that differs",
+        )
+    return candidates[0][0], candidates[0][1]
+
+
+def _paired_loc_anchors(tree: Tree, c: _Layer) -> tuple[int, str] | None:
+    """SSD: the box layer beside a conf layer has 4 channels per anchor."""
+    if not (c.row and c.row.loc_suffix):
+        return None
+    conf, loc = c.row.loc_suffix
+    if not c.name.endswith(conf):
+        return None
+    partner = c.name[: -len(conf)] + loc
+    members = [e for e in tree.values() if layer_of(e.name) == partner and e.shape]
+    if not members:
+        return None
+    main = max(members, key=lambda e: len(e.shape))
+    n = main.shape[_axis_of(main, c.axis)]
+    if n % LOC_CHANNELS_PER_ANCHOR:
+        return None
+    return n // LOC_CHANNELS_PER_ANCHOR, partner
+
+
+def _anchor_reason(c: _Layer, n_anchors: int, K: int, anchors: int | None, per_layer: Mapping[str, int], k_why: str) -> str:
+    shape = f"{c.channels} channels = {n_anchors} anchors × {K + c.fields}" if c.layout.startswith("anchor") else f"{c.channels} channels"
+    if c.name in per_layer:
+        return f"{shape} (--anchors {c.name}={n_anchors})"
+    if anchors is not None and n_anchors != anchors and c.layout.startswith("anchor"):
+        return f"{shape}; resolved to {n_anchors} anchors because --anchors {anchors} does not fit {c.channels} channels of {K} classes"
+    return f"{shape} (classes from {k_why})"
+
+
+def _what_fits(c: _Layer, K: int | None) -> str:
+    if c.layout == "plain":
+        return f"pass --source-classes {c.channels}, or --layout if this layer is not a plain classifier"
+    if c.layout == "class-major":
+        return f"its channel count must be {c.group} × classes; check --layout and --source-classes"
+    options = [a for a in range(1, min(c.channels, 64) + 1) if _classes_in(c.layout, c.channels, a, c.fields, c.group)]
+    pairs = ", ".join(f"{a} anchors × {_classes_in(c.layout, c.channels, a, c.fields, c.group)} classes" for a in options[:8])
+    return f"values that fit {c.channels} channels: {pairs}; pass --anchors {c.name}=A or --source-classes K"
+
+
+def _pick_classes(
+    K: int, classes: Sequence[int | None] | None, num_classes: int | None, seed: int | None, chosen: list[_Layer], notes: list[str]
+) -> list[int | None]:
+    if classes is not None:
+        return list(classes)
+    assert num_classes is not None
+    if num_classes <= 0:
+        raise OperationError(f"--num-classes {num_classes} must be positive", "--num-classes", "give the class count you want")
+    if num_classes >= K:
+        if num_classes > K:
+            notes.append(f"all {K} classes kept; {num_classes - K} new classes added at the end")
+        return [*range(K), *([None] * (num_classes - K))]
+    seed = 0 if seed is None else seed
+    background = next((c.row.background for c in chosen if c.row), "none")
+    keep = {"first": [0], "last": [K - 1]}.get(background, [])
+    pool = np.array([k for k in range(K) if k not in keep])
+    rng = np.random.default_rng(seed)
+    picked = sorted(int(k) for k in rng.choice(pool, num_classes - len(keep), replace=False))
+    notes.append(f"picked {num_classes} of {K} classes at random with seed {seed}" + (f", keeping background {keep[0]}" if keep else ""))
+    return sorted(keep + picked)
+
+
+# -- applying -----------------------------------------------------------------------
+
+
+def apply_plan(tree: Tree, plan: ClassPlan, *, init: str = "gaussian", seed: int | None = None) -> tuple[Tree, Report]:
+    """The tree with every planned tensor replaced by a lazily computed one; dtypes are kept."""
+    copy_of = _parse_init(init, plan)
+    seed = 0 if seed is None else seed
+    report = Report("classes")
+    replace: dict[str, Entry] = {}
+    for lp in plan.layers:
+        for name in lp.tensors:
+            e = tree[name]
+            shape = _new_shape(e, lp)
+            replace[name] = Entry.computed(name, shape, e.dtype, _computer(e, lp, init, copy_of, seed), like=e)
+            report.add("reshaped", name, str(list(e.shape)), str(list(shape)), f"{lp.anchors} anchors")
+    metadata = dict(tree.metadata)
+    metadata["surgery.num_classes"] = str(plan.num_classes)
+    metadata["surgery.source_classes"] = json.dumps(["new" if c is None else c for c in plan.classes])
+    report.facts.update(num_classes=plan.num_classes, source_classes=plan.source_classes)
+    report.notes.extend(plan.notes)
+    if plan.adds_classes:
+        report.notes.append(f"new classes initialised with {init} (seed {seed})")
+    return tree.derive(replace=replace, metadata=metadata), report
+
+
+def resample_classes(tree: Tree, classes=None, *, init: str = "gaussian", seed: int | None = None, **options) -> tuple[Tree, Report]:
+    """Plan and apply in one call; see `plan_classes` for the options.
+
+    Example:
+        >>> new, report = resample_classes(tree, [0, 3, 8, 1, 2, 10, 4, 6, 12], anchors=4)  # doctest: +SKIP
+    """
+    plan = plan_classes(tree, classes, seed=seed, **options)
+    return apply_plan(tree, plan, init=init, seed=seed)
+
+
+def _parse_init(init: str, plan: ClassPlan) -> int | None:
+    if init.startswith("copy:"):
+        text = init.split(":", 1)[1]
+        if not text.isdigit() or int(text) >= plan.source_classes:
+            raise OperationError(
+                f"--init {init} names no source class", "--init", f"use copy:C with C in 0..{plan.source_classes - 1}"
+            )
+        return int(text)
+    if init not in ("gaussian", "zeros", "xavier", "mean"):
+        raise OperationError(f"unknown --init {init!r}", "--init", f"use one of: {', '.join(INITS)}")
+    return None
+
+
+def _new_shape(e: Entry, lp: LayerPlan) -> tuple[int, ...]:
+    shape = list(e.shape)
+    shape[_axis_of(e, lp.axis)] = lp.new_channels
+    return tuple(shape)
+
+
+def _computer(e: Entry, lp: LayerPlan, init: str, copy_of: int | None, seed: int):
+    def compute() -> np.ndarray:
+        source = e.read()
+        ax = _axis_of(e, lp.axis)
+        taken = [c if isinstance(c, int) else (c[copy_of] if copy_of is not None else 0) for c in lp.channel_map]
+        out = np.take(source, taken, axis=ax)  # one gather; np.take keeps the dtype
+        new = [j for j, c in enumerate(lp.channel_map) if not isinstance(c, int)]
+        if new and copy_of is None:
+            _fill_new(out, source, ax, new, lp, init, seed, e)
+        return out
+
+    return compute
+
+
+def _fill_new(out: np.ndarray, source: np.ndarray, ax: int, new: list[int], lp: LayerPlan, init: str, seed: int, e: Entry) -> None:
+    moved = np.moveaxis(out, ax, 0)  # a view: writes land in `out`
+    is_bias = out.ndim == 1
+    if init == "mean":
+        src = np.moveaxis(source, ax, 0)
+        for j in new:
+            moved[j] = src[list(lp.channel_map[j])].astype(np.float64).mean(axis=0).astype(out.dtype)
+        return
+    if init == "zeros" or is_bias:  # biases of new classes start at zero (the tutorial's rule)
+        moved[new] = 0
+        return
+    rng = np.random.default_rng([seed, zlib.crc32(e.name.encode("utf-8"))])
+    shape = (len(new), *moved.shape[1:])
+    if init == "gaussian":
+        values = rng.normal(0.0, GAUSSIAN_STD, size=shape)
+    else:  # xavier (Glorot) uniform over this kernel's fans
+        receptive = math.prod(moved.shape[1:]) // max(_in_channels(e, lp.axis), 1)
+        fan_in = math.prod(moved.shape[1:])
+        fan_out = receptive * lp.new_channels
+        limit = math.sqrt(6.0 / (fan_in + fan_out))
+        values = rng.uniform(-limit, limit, size=shape)
+    target = dtypes.get(e.dtype).numpy()
+    moved[new] = values.astype(np.float32).astype(target)
+
+
+def _in_channels(e: Entry, axis: int) -> int:
+    """Input channels of a kernel: Keras (..., in, out) or PyTorch (out, in, ...)."""
+    if len(e.shape) < 2:
+        return 1
+    return e.shape[-2] if axis % len(e.shape) == len(e.shape) - 1 else e.shape[1]
+
+
+# -- verification -------------------------------------------------------------------
+
+
+def verify(original: Tree, edited: Tree, plan: ClassPlan, *, samples: int = 4, seed: int = 0) -> list[dict[str, object]]:
+    """Prove each edited head computes the original's outputs at the kept classes.
+
+    Each kernel is used as a linear map over its class axis (a conv kernel applied to
+    one receptive field), on random inputs. Each output column is computed from that
+    column alone, in the same order, so kept classes must match exactly.
+    Returns one row per layer: compared channels, new channels, largest |difference|.
+    """
+    rows = []
+    rng = np.random.default_rng(seed)
+    for lp in plan.layers:
+        kernel = max(lp.tensors, key=lambda n: len(original[n].shape))
+        for name in lp.tensors:
+            if name not in edited:
+                raise OperationError(f"the edited file has no tensor {name!r}", "EDITED", "pass the file that subsample wrote")
+            want = _new_shape(original[name], lp)
+            if edited[name].shape != want:
+                raise OperationError(
+                    f"{name} is {list(edited[name].shape)} in the edited file but the plan makes it {want and list(want)}",
+                    "EDITED",
+                    "pass the same --classes, --anchors and --layers as the edit",
+                )
+        before = _as_matrix(original[kernel], lp)
+        after = _as_matrix(edited[kernel], lp)
+        x = rng.standard_normal((samples, before.shape[0]))
+        bias = [n for n in lp.tensors if n != kernel and len(original[n].shape) == 1]
+        b0 = original[bias[0]].read().astype(np.float64) if bias else 0.0
+        b1 = edited[bias[0]].read().astype(np.float64) if bias else 0.0
+        kept = [(j, c) for j, c in enumerate(lp.channel_map) if isinstance(c, int)]
+        worst = 0.0
+        for start in range(0, len(kept), 256):
+            block = kept[start : start + 256]
+            cols_new = [j for j, _ in block]
+            cols_old = [c for _, c in block]
+            y0 = _columns(x, before, cols_old) + (b0[cols_old] if bias else 0.0)
+            y1 = _columns(x, after, cols_new) + (b1[cols_new] if bias else 0.0)
+            worst = max(worst, float(np.abs(y1 - y0).max(initial=0.0)))
+        rows.append({"layer": lp.layer, "compared": len(kept), "channels": lp.new_channels, "max_abs_diff": worst})
+    return rows
+
+
+def _as_matrix(e: Entry, lp: LayerPlan) -> np.ndarray:
+    array = e.read()
+    return np.moveaxis(array, _axis_of(e, lp.axis), -1).reshape(-1, array.shape[_axis_of(e, lp.axis)])
+
+
+def _columns(x: np.ndarray, w: np.ndarray, cols: list[int]) -> np.ndarray:
+    # Elementwise products summed along one axis: each column's result depends on that
+    # column's numbers only, unlike BLAS, whose blocking may change with the matrix width.
+    return (x[:, :, None] * w[:, cols].astype(np.float64)[None, :, :]).sum(axis=1)
