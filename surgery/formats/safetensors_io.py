@@ -18,7 +18,7 @@ from typing import Any
 
 from .. import dtypes
 from ..errors import CorruptFileError, FormatError, OutputError
-from ..tree import TORCH, UNKNOWN, Entry, FileRange, Tree, write_all
+from ..tree import CONVENTIONS, TORCH, UNKNOWN, Entry, FileRange, Tree, write_all
 from ._json import loads_strict
 
 NAME = "safetensors"
@@ -66,7 +66,7 @@ def load(path: Path) -> Tree:
     if path.name.endswith(".json"):
         return _load_sharded(path)
     entries, metadata = read_header(path)
-    return Tree(entries, format=NAME, convention=_convention(metadata), metadata=metadata)
+    return Tree(entries, format=NAME, convention=_convention(metadata), metadata=_public(metadata))
 
 
 def read_header(path: Path) -> tuple[list[Entry], dict[str, str]]:
@@ -164,8 +164,26 @@ def _check_layout(entries: list[Entry], data_size: int, where: str) -> None:
     entries.sort(key=lambda e: e.source.offset)
 
 
+CONVENTION_KEY = "surgery.convention"
+
+
 def _convention(metadata: dict[str, str]):
+    # Hugging Face writes format=pt for PyTorch weights; we record any other known layout ourselves.
+    if metadata.get(CONVENTION_KEY) in CONVENTIONS:
+        return CONVENTIONS[metadata[CONVENTION_KEY]]
     return TORCH if metadata.get("format") == "pt" else UNKNOWN
+
+
+def _public(metadata: dict[str, str]) -> dict[str, str]:
+    """The metadata without our convention record, which the tree carries as its convention."""
+    return {k: v for k, v in metadata.items() if k != CONVENTION_KEY}
+
+
+def _metadata_to_write(tree: Tree) -> dict[str, str]:
+    metadata = dict(tree.metadata)
+    if tree.convention not in (UNKNOWN, _convention(metadata)):
+        metadata[CONVENTION_KEY] = tree.convention.name
+    return metadata
 
 
 def _find_index(folder: Path) -> Path | None:
@@ -207,7 +225,7 @@ def _load_sharded(index: Path) -> Tree:
             )
     if metadata is None:
         metadata = _metadata_of_empty_checkpoint(index.parent)
-    return Tree(ordered, format=NAME, convention=_convention(metadata), metadata=metadata)
+    return Tree(ordered, format=NAME, convention=_convention(metadata), metadata=_public(metadata))
 
 
 def _metadata_of_empty_checkpoint(folder: Path) -> dict[str, str]:
@@ -235,7 +253,7 @@ def save(tree: Tree, path: Path, *, shard_size: int | None = None, progress: Pro
     `path` is the temporary location chosen by the caller (see surgery.io.save).
     """
     if shard_size is None:
-        write_file(path, tree.entries(), tree.metadata, progress)
+        write_file(path, tree.entries(), _metadata_to_write(tree), progress)
     else:
         _write_sharded(path, tree, shard_size, progress)
 
@@ -305,7 +323,7 @@ def _write_sharded(folder: Path, tree: Tree, shard_size: int, progress: Progress
     weight_map: dict[str, str] = {}
     for k, shard in enumerate(shards, start=1):
         name = f"model-{k:05d}-of-{count:05d}.safetensors"
-        write_file(folder / name, shard, tree.metadata, progress)
+        write_file(folder / name, shard, _metadata_to_write(tree), progress)
         weight_map.update((e.name, name) for e in shard)
     index = {"metadata": {"total_size": tree.total_bytes}, "weight_map": weight_map}
     with open(folder / ("model" + INDEX_SUFFIX), "w", encoding="utf-8") as f:
