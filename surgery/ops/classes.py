@@ -222,6 +222,8 @@ def plan_classes(
     anchors: int | None = None,
     anchors_per_layer: Mapping[str, int] | None = None,
     axis: int | None = None,
+    fields: int | None = None,
+    group: int | None = None,
 ) -> ClassPlan:
     """Work out every channel list before any data is read.
 
@@ -237,6 +239,8 @@ def plan_classes(
         anchors: boxes per location, applied where it divides a layer's channels consistently.
         anchors_per_layer: layer name -> anchors, overriding the above.
         axis: the class axis of multi-dimensional tensors (default: the tree's convention).
+        fields: leading per-anchor fields in the anchor-major-fields layout (default: the head's, or 5).
+        group: numbers per class in the class-major layout (default: the head's, or 4).
 
     Raises:
         OperationError: with the layer, its channel count and the values that would fit.
@@ -244,7 +248,7 @@ def plan_classes(
     anchors_per_layer = dict(anchors_per_layer or {})
     if (classes is None) == (num_classes is None):
         raise OperationError("give either the classes to keep or their number", "--classes", "pass --classes 0,3,8 or --num-classes N")
-    chosen = _choose_layers(tree, list(layer_globs), layout, axis)
+    chosen = _choose_layers(tree, list(layer_globs), layout, axis, fields, group)
     unknown = set(anchors_per_layer) - {c.name for c in chosen}
     if unknown:
         raise OperationError(
@@ -284,7 +288,9 @@ def plan_classes(
     return ClassPlan(K, tuple(picked), tuple(plans), tuple(notes))
 
 
-def _choose_layers(tree: Tree, globs: list[str], layout: str | None, axis: int | None) -> list[_Layer]:
+def _choose_layers(
+    tree: Tree, globs: list[str], layout: str | None, axis: int | None, fields: int | None = None, group: int | None = None
+) -> list[_Layer]:
     all_layers = layers(tree)
     chosen: list[_Layer] = []
     if globs:
@@ -317,17 +323,17 @@ def _choose_layers(tree: Tree, globs: list[str], layout: str | None, axis: int |
                 "name the layers with --layers GLOB (see `surgery inspect`)",
             )
     for c in chosen:
-        _describe(tree, c, layout, axis)
+        _describe(tree, c, layout, axis, fields, group)
     return chosen
 
 
-def _describe(tree: Tree, c: _Layer, layout: str | None, axis: int | None) -> None:
+def _describe(tree: Tree, c: _Layer, layout: str | None, axis: int | None, fields: int | None, group: int | None) -> None:
     """Fill in a layer's layout, class axis, channel count and the tensors that move."""
     c.layout = layout or (c.row.layout if c.row else "plain")
     if c.layout == "anchor-major-fields":
-        c.fields = c.row.fields if c.row and c.row.fields else DEFAULT_FIELDS
+        c.fields = fields if fields is not None else (c.row.fields if c.row and c.row.fields else DEFAULT_FIELDS)
     if c.layout == "class-major":
-        c.group = c.row.group if c.row and c.row.group > 1 else DEFAULT_GROUP
+        c.group = group if group is not None else (c.row.group if c.row and c.row.group > 1 else DEFAULT_GROUP)
     if axis is None:
         axis = tree.convention.out_axis
         if axis is None:
@@ -562,7 +568,7 @@ def _fill_new(out: np.ndarray, source: np.ndarray, ax: int, new: list[int], lp: 
         receptive = math.prod(moved.shape[1:]) // max(_in_channels(e, lp.axis), 1)
         fan_in = math.prod(moved.shape[1:])
         fan_out = receptive * lp.new_channels
-        limit = math.sqrt(6.0 / (fan_in + fan_out))
+        limit = math.sqrt(6.0 / max(fan_in + fan_out, 1))  # zero-size kernels have nothing to fill
         values = rng.uniform(-limit, limit, size=shape)
     target = dtypes.get(e.dtype).numpy()
     moved[new] = values.astype(np.float32).astype(target)
