@@ -21,17 +21,23 @@ from helpers import run  # noqa: E402
 from surgery.ops.classes import channel_map, parse_classes  # noqa: E402
 
 ROAD = "0,3,8,1,2,10,4,6,12"
-ANCHORS = {"conv4_3_norm": 4, "fc7": 6}
+# SSD300's six predictor layers and their boxes per location.
+ANCHORS = {"conv4_3_norm": 4, "fc7": 6, "conv6_2": 6, "conv7_2": 6, "conv8_2": 4, "conv9_2": 4}
 
 
 def ssd_like(n_classes: int) -> "keras.Model":
-    """Two feature maps, each with a conf head (anchors × classes) and a loc head (anchors × 4)."""
-    inp = keras.Input((8, 8, 3), name="image")
+    """SSD300's head structure at toy size: six feature maps, each with a conf head
+    (anchors × classes channels) and a loc head (anchors × 4)."""
+    inp = keras.Input((16, 16, 3), name="image")
     x = keras.layers.Conv2D(6, 3, padding="same", activation="relu", name="conv4_3")(inp)
     x = keras.layers.BatchNormalization(name="conv4_3_bn")(x)
-    y = keras.layers.Conv2D(6, 3, strides=2, padding="same", activation="relu", name="fc7")(x)
+    features = {"conv4_3_norm": x}
+    for name in list(ANCHORS)[1:]:
+        strides = 1 if name in ("fc7", "conv9_2") else 2
+        x = keras.layers.Conv2D(6, 3, strides=strides, padding="same", activation="relu", name=name)(x)
+        features[name] = x
     outputs = []
-    for name, feature in (("conv4_3_norm", x), ("fc7", y)):
+    for name, feature in features.items():
         a = ANCHORS[name]
         outputs.append(keras.layers.Conv2D(a * n_classes, 3, padding="same", name=f"{name}_mbox_conf")(feature))
         outputs.append(keras.layers.Conv2D(a * 4, 3, padding="same", name=f"{name}_mbox_loc")(feature))
@@ -57,7 +63,7 @@ def original():
 
 @pytest.fixture(scope="module")
 def images():
-    return np.random.default_rng(2).standard_normal((2, 8, 8, 3)).astype("float32")
+    return np.random.default_rng(2).standard_normal((2, 16, 16, 3)).astype("float32")
 
 
 def check_kept_classes(original, edited, images):

@@ -3,5 +3,6 @@
 from __future__ import annotations
 
 from .cast import cast_floating
+from .classes import plan_classes, resample_classes
 
-__all__ = ["cast_floating"]
+__all__ = ["cast_floating", "plan_classes", "resample_classes"]
