@@ -216,3 +216,32 @@ def test_progress_is_silent_off_terminal(tmp_path):
     result = run("convert", TINY, "-o", tmp_path / "o.npz")
     assert result.stderr == ""
     assert result.stdout.startswith(f"wrote {tmp_path / 'o.npz'} (npz, 11 tensors")
+
+
+def test_kernel_copy_refused_falls_back_to_python_copy(tmp_path, monkeypatch):
+    """Where copy_file_range is refused (other filesystems, old kernels), the bytes are copied by hand."""
+    import errno
+    import os as os_module
+
+    calls = []
+
+    def refuse(*args, **kwargs):
+        calls.append(args)
+        raise OSError(errno.EXDEV, "cross-device")
+
+    monkeypatch.setattr(os_module, "copy_file_range", refuse, raising=False)
+    out = tmp_path / "copy.safetensors"
+    surgery.save(surgery.load(TINY), out)
+    assert calls  # the fast path was tried
+    assert out.read_bytes() == TINY.read_bytes()
+
+
+def test_truncated_source_during_kernel_copy_is_a_clear_error(tmp_path):
+    src = tmp_path / "src.safetensors"
+    src.write_bytes(TINY.read_bytes())
+    tree = surgery.load(src)
+    src.write_bytes(TINY.read_bytes()[:-100])  # the file shrinks after its header was read
+    result_path = tmp_path / "out.safetensors"
+    with pytest.raises(surgery.errors.CorruptFileError, match="file ended .* bytes early while reading tensor"):
+        surgery.save(tree, result_path)
+    assert not result_path.exists() and leftovers(tmp_path) == []
