@@ -368,8 +368,6 @@ def _class_command(kind: str, src: Path, output: Path, force: bool, dry_run: boo
 
 
 def _print_class_plan(document: dict, plan) -> None:
-    from .sizes import format_size  # noqa: F401  (kept beside the other printers)
-
     classes = ",".join(str(c) for c in document["classes"])
     click.echo(f"{document['num_classes']} of {document['source_classes']} classes, in this order: {classes}")
     for layer in document["layers"]:

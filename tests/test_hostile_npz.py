@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import pickle
 import zipfile
 
 import numpy as np
@@ -23,7 +22,7 @@ class Canary:
         return (open, (self.path, "w"))
 
 
-def _npz(tmp_path, members: dict[str, bytes]) -> "Path":
+def _npz(tmp_path, members: dict[str, bytes]):
     path = tmp_path / "bad.npz"
     with zipfile.ZipFile(path, "w") as z:
         for name, raw in members.items():
@@ -70,7 +69,7 @@ def test_corrupt_zip(tmp_path):
 
 def test_bad_npy_header(tmp_path):
     path = _npz(tmp_path, {"w.npy": b"\x93NUMPY\x01\x00\x10\x00{'descr': nope}  \n"})
-    assert error_line(run("inspect", path)).startswith(f"error: bad .npy header (")
+    assert error_line(run("inspect", path)).startswith("error: bad .npy header (")
 
 
 def test_deflate_claim_beyond_any_real_ratio_is_refused(tmp_path):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import struct
 
 import pytest
 
@@ -64,8 +63,7 @@ def test_tensor_name_in_where_part(tmp_path):
     )
 
 
-def _sharded(tmp_path, weight_map: dict, shards: dict[str, dict]) -> "Path":
-    from surgery.formats.safetensors_io import build_header
+def _sharded(tmp_path, weight_map: dict, shards: dict[str, dict]):
 
     folder = tmp_path / "shards"
     folder.mkdir()

@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ from ..naming import layer_of
 from ..tree import KERAS, TORCH, Entry, Source, Tree
 
 NAME = "keras_h5"
-SUFFIXES = (".h5", ".hdf5", ".keras.h5", ".weights.h5")
+SUFFIXES = (".h5", ".hdf5")  # Keras 3 names its files .weights.h5
 MAGIC = b"\x89HDF\r\n\x1a\n"
 _FIX = "the file is corrupt or not a Keras weights file; re-save it with model.save_weights"
 
@@ -389,12 +389,3 @@ def _write_attr_list(group: Any, name: str, values: Iterable[str]) -> None:
     parts = int(np.ceil(array.nbytes / _ATTR_LIMIT))
     for k, chunk in enumerate(np.array_split(array, parts)):
         group.attrs[f"{name}{k}"] = chunk
-
-
-def dataset_paths(path: Path) -> Iterator[str]:
-    """Every dataset in a file (for tests and inspection)."""
-    h5py = _h5py()
-    with h5py.File(path, "r") as f:
-        found: list[str] = []
-        f.visititems(lambda n, o: found.append(n) if isinstance(o, h5py.Dataset) else None)
-    yield from found

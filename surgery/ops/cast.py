@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from .. import dtypes
 from ..errors import OperationError
 from ..report import Report
@@ -45,4 +47,9 @@ def cast_floating(tree: Tree, dtype: str) -> tuple[Tree, Report]:
 
 
 def _caster(entry: Entry, target: dtypes.DType):
-    return lambda: entry.read().astype(target.numpy())
+    def cast():
+        # Values beyond the target's range become ±inf, as numpy and torch define the cast.
+        with np.errstate(over="ignore"):
+            return entry.read().astype(target.numpy())
+
+    return cast

@@ -280,7 +280,7 @@ def plan_classes(
             raise OperationError(
                 f"layer {c.name} has {c.channels} channels, which do not hold {K} classes in the {c.layout} layout",
                 c.name,
-                _what_fits(c, K),
+                _what_fits(c),
             )
         how = _anchor_reason(c, n_anchors, K, anchors, anchors_per_layer, k_why)
         cmap = channel_map(c.layout, K, n_anchors, picked, fields=c.fields, group=c.group)
@@ -379,7 +379,7 @@ def _source_class_count(
                 raise OperationError(
                     f"--anchors {c.name}={per_layer[c.name]} does not divide its {c.channels} channels",
                     c.name,
-                    _what_fits(c, None),
+                    _what_fits(c),
                 )
             candidates.append((k, f"{c.name} ({c.channels} channels, --anchors {c.name}={per_layer[c.name]})"))
         elif c.layout in ("plain", "class-major"):
@@ -401,7 +401,7 @@ def _source_class_count(
         raise OperationError(
             f"--anchors {anchors} does not divide the channels of any class layer; {c.name} has {c.channels}",
             "--anchors",
-            _what_fits(c, None),
+            _what_fits(c),
         )
     if not candidates:
         c = chosen[0]
@@ -449,7 +449,7 @@ def _anchor_reason(c: _Layer, n_anchors: int, K: int, anchors: int | None, per_l
     return f"{shape} (classes from {k_why})"
 
 
-def _what_fits(c: _Layer, K: int | None) -> str:
+def _what_fits(c: _Layer) -> str:
     if c.layout == "plain":
         return f"pass --source-classes {c.channels}, or --layout if this layer is not a plain classifier"
     if c.layout == "class-major":
@@ -602,7 +602,7 @@ def verify(original: Tree, edited: Tree, plan: ClassPlan, *, samples: int = 4, s
             want = _new_shape(original[name], lp)
             if edited[name].shape != want:
                 raise OperationError(
-                    f"{name} is {list(edited[name].shape)} in the edited file but the plan makes it {want and list(want)}",
+                    f"{name} is {list(edited[name].shape)} in the edited file but the plan makes it {list(want)}",
                     "EDITED",
                     "pass the same --classes, --anchors and --layers as the edit",
                 )
