@@ -114,7 +114,8 @@ def main() -> None:
     are never modified.
 
     \b
-    Formats: safetensors (single or sharded), npz, Keras HDF5 (.h5, .weights.h5).
+    Formats: safetensors (single or sharded), npz, Keras HDF5 (.h5, .weights.h5),
+    PyTorch zip checkpoints (.pt, .pth, .bin; read only, no code runs).
     Start with:  surgery inspect MODEL
     """
 

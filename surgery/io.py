@@ -81,6 +81,8 @@ def check_output(
     """
     path = Path(path)
     name = formats.for_output(path, format, sharded=shard_size is not None)
+    if not hasattr(formats.module(name), "save"):
+        raise OutputError(f"writing {name} files is not available yet", str(path), formats.module(name).CANNOT_WRITE)
     if shard_size is not None and name != "safetensors":
         raise OutputError(f"{name} files cannot be sharded", "--shard-size", "drop --shard-size, or write safetensors")
     check_destination(path, tree.source_paths(), force=force)

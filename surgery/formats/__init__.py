@@ -22,6 +22,7 @@ FORMATS: dict[str, str] = {
     "safetensors": "surgery.formats.safetensors_io",
     "npz": "surgery.formats.npz_io",
     "keras_h5": "surgery.formats.keras_h5",
+    "torch": "surgery.formats.torch_pt",
 }
 
 # Suffixes, so that outputs can be named without --to and inputs can be detected
@@ -32,6 +33,9 @@ SUFFIXES: dict[str, str] = {
     ".npz": "npz",
     ".h5": "keras_h5",
     ".hdf5": "keras_h5",
+    ".pt": "torch",
+    ".pth": "torch",
+    # .bin is not listed: it names too many things; torch zip files are found by content.
 }
 
 
