@@ -184,10 +184,10 @@ def _print_table(tree, entries: list, total: int) -> None:
     )
     for key, value in tree.metadata.items():
         click.echo(f"metadata {_printable(key)} = {_shortened(_printable(value))}")
-    from .formats.keras_h5 import dropped_on_read
+    from .tree import DROPPED_ON_READ
 
-    if dropped_on_read(tree):
-        click.echo(f"not read: {dropped_on_read(tree)}")
+    if DROPPED_ON_READ in tree.format_state:
+        click.echo(f"not read: {tree.format_state[DROPPED_ON_READ]}")
 
 
 def _shortened(text: str, limit: int = 100) -> str:
@@ -334,9 +334,9 @@ def _plan(tree, classes, num_classes, seed, layer_globs, layout, source_classes,
 
 def _class_command(kind: str, src: Path, output: Path, force: bool, dry_run: bool, as_json: bool, quiet: bool, verify_after: bool, init: str, **class_args: Any) -> None:
     from .errors import OperationError
-    from .formats.keras_h5 import dropped_on_read
     from .io import check_output, load, save
     from .ops.classes import apply_plan, verify
+    from .tree import DROPPED_ON_READ
 
     tree = load(src)
     plan = _plan(tree, **class_args)
@@ -349,8 +349,8 @@ def _class_command(kind: str, src: Path, output: Path, force: bool, dry_run: boo
             "use `surgery subsample` to drop classes",
         )
     edited, report = apply_plan(tree, plan, init=init, seed=class_args["seed"])
-    if dropped_on_read(tree):
-        report.notes.append(f"dropped {dropped_on_read(tree)}")
+    if DROPPED_ON_READ in tree.format_state:
+        report.notes.append(f"dropped {tree.format_state[DROPPED_ON_READ]}")
     fmt = check_output(edited, output, force=force)
     if not dry_run:
         with _progress(kind, edited.total_bytes, quiet or as_json) as progress:

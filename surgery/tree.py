@@ -51,6 +51,9 @@ TORCH = Convention("torch", 0)
 UNKNOWN = Convention("unknown", None)
 CONVENTIONS = {c.name: c for c in (KERAS, TORCH, UNKNOWN)}
 
+# The format_state key under which a reader says what it left out (e.g. optimizer state).
+DROPPED_ON_READ = "dropped_on_read"
+
 
 # -- where an entry's bytes come from -------------------------------------------------
 
@@ -112,11 +115,7 @@ class FileRange(Source):
             while left:
                 chunk = f.read(min(CHUNK, left))
                 if not chunk:
-                    raise CorruptFileError(
-                        f"file ended {left} bytes early while reading tensor {entry.name!r}",
-                        str(self.path),
-                        "the file is truncated; copy or download it again",
-                    )
+                    raise self._truncated(entry, left)
                 left -= len(chunk)
                 yield memoryview(chunk)
 
@@ -138,6 +137,13 @@ class FileRange(Source):
     def paths(self) -> tuple[Path, ...]:
         return (self.path,)
 
+    def _truncated(self, entry: Entry, left: int) -> CorruptFileError:
+        return CorruptFileError(
+            f"file ended {left} bytes early while reading tensor {entry.name!r}",
+            str(self.path),
+            "the file is truncated; copy or download it again",
+        )
+
     def copy_into(self, entry: Entry, fd: int, progress: Callable[[int], None] | None) -> int:
         # Unchanged tensors are copied file-to-file inside the kernel (copy_file_range), as cp
         # does: no trip through Python buffers, so converting a large checkpoint runs near disk speed.
@@ -154,11 +160,7 @@ class FileRange(Source):
                     rest = FileRange(self.path, offset, left)
                     return self.length - left + Source.copy_into(rest, entry, fd, progress)
                 if n == 0:
-                    raise CorruptFileError(
-                        f"file ended {left} bytes early while reading tensor {entry.name!r}",
-                        str(self.path),
-                        "the file is truncated; copy or download it again",
-                    )
+                    raise self._truncated(entry, left)
                 offset += n
                 left -= n
                 if progress:
@@ -281,7 +283,8 @@ class Tree(Mapping[str, Entry]):
         metadata: free-form string metadata, kept across formats that can store it.
         format_state: what a format needs to write its own layout back (Keras layer order,
             HDF5 group attributes); private to that format, not shown as metadata, and
-            dropped when the tree is written in another format.
+            dropped when the tree is written in another format. One key is shared by every
+            format: DROPPED_ON_READ, what the reader left out of the tree, for reports.
 
     Example:
         >>> import numpy as np

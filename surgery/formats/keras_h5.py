@@ -36,7 +36,7 @@ import numpy as np
 from .. import dtypes
 from ..errors import CorruptFileError, FormatError, OutputError
 from ..naming import layer_of
-from ..tree import KERAS, TORCH, Entry, Source, Tree
+from ..tree import DROPPED_ON_READ, KERAS, TORCH, Entry, Source, Tree
 
 NAME = "keras_h5"
 SUFFIXES = (".h5", ".hdf5")  # Keras 3 names its files .weights.h5
@@ -48,7 +48,6 @@ LAYOUT = "keras.layout"  # "weights" (Keras 2 save_weights), "model" (full model
 LAYER_NAMES = "keras.layer_names"  # JSON list: layer order, including layers without weights
 WEIGHTLESS = "keras.weightless"  # JSON list: layers that had no weights in the source file
 SKELETON = "keras.skeleton"  # Keras 3: JSON list of [group path, {attribute: string}]
-DROPPED = "keras.dropped"  # what reading left out (optimizer state), for reports
 
 # The last Keras 2 release. Keras' legacy loader treats a file without keras_version as
 # Keras 1 and "converts" its kernels, so files we build from other formats must carry one.
@@ -109,7 +108,7 @@ def load(path: Path) -> Tree:
             state[LAYOUT] = "model"
             if "optimizer_weights" in f:
                 count = _count_datasets(f["optimizer_weights"])
-                state[DROPPED] = f"optimizer_weights ({count} tensors): their shapes no longer match after surgery"
+                state[DROPPED_ON_READ] = f"optimizer_weights ({count} tensors): their shapes no longer match after surgery"
         elif _has_attr(f, "layer_names"):
             entries = _read_keras2(path, f, state)
             state[LAYOUT] = "weights"
@@ -182,7 +181,7 @@ def _read_keras3(path: Path, f: Any, state: dict[str, str]) -> list[Entry]:
     walk(f, "")
     state[SKELETON] = json.dumps(skeleton, ensure_ascii=False)
     if dropped:
-        state[DROPPED] = f"optimizer ({dropped} tensors): its state no longer matches after surgery"
+        state[DROPPED_ON_READ] = f"optimizer ({dropped} tensors): its state no longer matches after surgery"
     return entries
 
 
@@ -347,11 +346,6 @@ def _write_keras3(f: Any, tree: Tree, sources: dict, progress: Progress | None) 
 def _state(tree: Tree) -> dict[str, str]:
     """Our layout facts, only when the tree was read from a Keras file."""
     return tree.format_state if tree.format == NAME else {}
-
-
-def dropped_on_read(tree: Tree) -> str | None:
-    """What reading left out of the tree (optimizer state), for reports."""
-    return _state(tree).get(DROPPED)
 
 
 def _write_dataset(group: Any, name: str, e: Entry, sources: dict, progress: Progress | None) -> None:

@@ -343,15 +343,20 @@ def _describe(tree: Tree, c: _Layer, layout: str | None, axis: int | None, field
                 "pass --axis -1 for Keras layout or --axis 0 for PyTorch layout",
             )
     c.axis = axis
-    members = [e for e in tree.values() if layer_of(e.name) == c.name and e.shape]
-    if not members:
+    members, main = _layer_tensors(tree, c.name)
+    if main is None:
         raise OperationError(f"layer {c.name} has no tensors with a class axis", c.name, "choose another layer with --layers")
-    main = max(members, key=lambda e: len(e.shape))
     try:
         c.channels = main.shape[_axis_of(main, axis)]
     except IndexError:
         raise OperationError(f"--axis {axis} does not exist in {main.name} {list(main.shape)}", c.name, "pick an axis the kernel has") from None
     c.tensors = tuple(e.name for e in members if e.shape[_axis_of(e, axis)] == c.channels)
+
+
+def _layer_tensors(tree: Tree, layer: str) -> tuple[list[Entry], Entry | None]:
+    """A layer's tensors that have axes, and its kernel (the one of highest rank)."""
+    members = [e for e in tree.values() if layer_of(e.name) == layer and e.shape]
+    return members, max(members, key=lambda e: len(e.shape), default=None)
 
 
 def _axis_of(e: Entry, axis: int) -> int:
@@ -430,10 +435,9 @@ def _paired_loc_anchors(tree: Tree, c: _Layer) -> tuple[int, str] | None:
     if not c.name.endswith(conf):
         return None
     partner = c.name[: -len(conf)] + loc
-    members = [e for e in tree.values() if layer_of(e.name) == partner and e.shape]
-    if not members:
+    _, main = _layer_tensors(tree, partner)
+    if main is None:
         return None
-    main = max(members, key=lambda e: len(e.shape))
     n = main.shape[_axis_of(main, c.axis)]
     if n % LOC_CHANNELS_PER_ANCHOR:
         return None
