@@ -468,11 +468,20 @@ def verify(original: Path, edited: Path, as_json: bool, **class_args: Any) -> No
         raise OperationError(f"the heads differ at kept classes by up to {worst:g}", str(edited), "check that the class options match the edit")
 
 
-# -- PyTorch, layout conversion, rename, transplant ---------------------------------
-# (torch commands go here)
+# -- names: rename, transplant ------------------------------------------------------
+# @@ section: names @@
 
-# -- head and layer surgery, freeze maps, recipes -----------------------------------
-# (head-surgery commands go here)
+# -- head and layer surgery: strip-head, truncate ------------------------------------
+# @@ section: strip @@
+
+# -- re-initialisation: reinit, adapt-input -------------------------------------------
+# @@ section: reinit @@
+
+# -- freeze maps ---------------------------------------------------------------------
+# @@ section: freeze @@
+
+# -- recipe files: apply ---------------------------------------------------------------
+# @@ section: apply @@
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import numpy as np
 
 from .. import dtypes
 from ..errors import OperationError
+from ..provenance import record
 from ..report import Report
 from ..tree import Entry, Tree
 
@@ -43,7 +44,7 @@ def cast_floating(tree: Tree, dtype: str) -> tuple[Tree, Report]:
             entry.name, entry.shape, target.name, _caster(entry, target), like=entry
         )
         report.add("cast", entry.name, entry.dtype, dtype)
-    return tree.derive(replace=replace), report
+    return record(tree.derive(replace=replace), "cast", dtype=dtype), report
 
 
 def _caster(entry: Entry, target: dtypes.DType):

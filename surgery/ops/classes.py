@@ -27,6 +27,7 @@ from .. import dtypes
 from ..errors import OperationError
 from ..heads import CLASS_HEADS, HeadPattern
 from ..naming import layer_of, layers, matches
+from ..provenance import record
 from ..report import Report
 from ..tree import Entry, Tree
 
@@ -507,7 +508,9 @@ def apply_plan(tree: Tree, plan: ClassPlan, *, init: str = "gaussian", seed: int
     report.notes.extend(plan.notes)
     if plan.adds_classes:
         report.notes.append(f"new classes initialised with {init} (seed {seed})")
-    return tree.derive(replace=replace, metadata=metadata), report
+    edited = tree.derive(replace=replace, metadata=metadata)
+    step = "upsample" if plan.adds_classes else "subsample"
+    return record(edited, step, classes=json.loads(metadata["surgery.source_classes"]), layers=[lp.layer for lp in plan.layers], init=init if plan.adds_classes else None, seed=seed if plan.adds_classes else None), report
 
 
 def resample_classes(tree: Tree, classes=None, *, init: str = "gaussian", seed: int | None = None, **options) -> tuple[Tree, Report]:
