@@ -1,0 +1,103 @@
+"""The one registry of operations a recipe can name, with recipe-shaped signatures.
+
+Each step takes the tree first and then keyword options named as the command's
+flags are (underscores for dashes), with plain JSON/TOML values: lists for
+repeatable flags, "0,3,8" or [0, 3, 8] for class lists. Each returns
+(tree, report), like every operation. The operation modules are imported only
+when a step runs, so listing the registry is free.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ..errors import OperationError
+from ..report import Report
+from ..tree import Tree
+
+__all__ = ["STEPS"]
+
+Result = tuple[Tree, Report]
+
+
+def _classes(value: Any) -> list[int | None] | None:
+    """A class list as a recipe writes it: "0,3,8,new" or [0, 3, 8, "new"]."""
+    from .classes import parse_classes
+
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return parse_classes(value)
+    return parse_classes(",".join(str(v) for v in value))
+
+
+def _anchors(value: Any) -> tuple[int | None, dict[str, int]]:
+    """anchors = 4, or {"fc7_mbox_conf" = 6, ...}, or both as {"*": 4, layer: n}."""
+    if value is None or isinstance(value, int):
+        return value, {}
+    if isinstance(value, dict):
+        overall = value.get("*")
+        return overall, {k: int(v) for k, v in value.items() if k != "*"}
+    raise OperationError(f"anchors {value!r} is not a count or a table", "anchors", "write anchors = 4 or anchors = {fc7_mbox_conf = 6}")
+
+
+def _resample(kind: str, tree: Tree, classes, num_classes, anchors, layers, layout, source_classes, seed, init) -> Result:
+    from .classes import apply_plan, plan_classes
+
+    overall, per_layer = _anchors(anchors)
+    plan = plan_classes(
+        tree,
+        _classes(classes),
+        num_classes=num_classes,
+        seed=seed,
+        layer_globs=_list(layers),
+        layout=layout,
+        source_classes=source_classes,
+        anchors=overall,
+        anchors_per_layer=per_layer,
+    )
+    if kind == "subsample" and plan.adds_classes:
+        raise OperationError("subsample cannot add classes", "classes", "use an upsample step to add new classes")
+    return apply_plan(tree, plan, init=init, seed=seed)
+
+
+def subsample(tree: Tree, *, classes=None, num_classes=None, anchors=None, layers=(), layout=None, source_classes=None, seed=None) -> Result:
+    return _resample("subsample", tree, classes, num_classes, anchors, layers, layout, source_classes, seed, "gaussian")
+
+
+def upsample(tree: Tree, *, classes=None, num_classes=None, anchors=None, layers=(), layout=None, source_classes=None, seed=None, init="gaussian") -> Result:
+    return _resample("upsample", tree, classes, num_classes, anchors, layers, layout, source_classes, seed, init)
+
+
+def cast(tree: Tree, *, dtype: str) -> Result:
+    from .cast import cast_floating
+
+    return cast_floating(tree, dtype)
+
+
+def _list(value: Any) -> list[str]:
+    """A repeatable flag: one string or a list of them."""
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)
+
+
+def _registry(*steps: tuple[str, Callable[..., Result]]) -> dict[str, Callable[..., Result]]:
+    registry: dict[str, Callable[..., Result]] = {}
+    for name, function in steps:
+        if name in registry:
+            raise RuntimeError(f"step {name!r} is registered twice")
+        registry[name] = function
+    return registry
+
+
+STEPS: dict[str, Callable[..., Result]] = _registry(
+    ("subsample", subsample),
+    ("upsample", upsample),
+    ("cast", cast),
+)
+
+
+def names() -> Sequence[str]:
+    return list(STEPS)
