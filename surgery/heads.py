@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["HeadPattern", "CLASS_HEADS", "TOPS"]
+__all__ = ["HeadPattern", "CLASS_HEADS", "TOPS", "TOPS_ON_REQUEST", "PASS_THROUGH_LAYERS"]
 
 
 @dataclass(frozen=True)
@@ -61,4 +61,15 @@ TOPS: tuple[HeadPattern, ...] = (
     HeadPattern("torchvision", "classifier", ("fc", "classifier", "classifier.*", "head", "heads.head"), "plain"),
     HeadPattern("timm", "classifier", ("head", "head.fc", "fc", "classifier", "last_linear"), "plain"),
     HeadPattern("ssd", "classes", ("*_mbox_conf", "*_mbox_loc"), "anchor-major", "first"),
+)
+
+# TOPS families that strip-head uses only when asked by name (--family): an SSD's conf/loc
+# layers are its detection head, not a classification top, and sit between other layers.
+TOPS_ON_REQUEST: tuple[str, ...] = ("ssd",)
+
+# Keras layer classes (globs) without weights that only carry class scores towards the output.
+# strip-head walks back from a full model's output through these to the layer making the scores.
+PASS_THROUGH_LAYERS: tuple[str, ...] = (
+    "Activation", "Softmax", "ReLU", "Dropout", "SpatialDropout*", "GaussianDropout", "AlphaDropout",
+    "Flatten", "Reshape", "GlobalAveragePooling*", "GlobalAvgPool*", "GlobalMaxPooling*", "GlobalMaxPool*",
 )
