@@ -86,6 +86,29 @@ def output_options(f: Callable) -> Callable:
     return f
 
 
+def name_options(f: Callable) -> Callable:
+    """--strip-prefix, --keep and --drop: rename and select tensors after loading (section names)."""
+    f = click.option("--drop", multiple=True, metavar="GLOB", help="Leave out tensors matching GLOB (repeatable; after --keep).")(f)
+    f = click.option("--keep", multiple=True, metavar="GLOB", help="Keep only tensors matching GLOB (repeatable).")(f)
+    f = click.option("--strip-prefix", metavar="PREFIX", help="Remove PREFIX from names that start with it, e.g. 'module.' (DataParallel).")(f)
+    return f
+
+
+def _apply_name_options(tree, strip_prefix: str | None, drop: tuple[str, ...], keep: tuple[str, ...]) -> tuple[Any, list]:
+    """--strip-prefix first, then --keep and --drop (globs see the stripped names); returns (tree, reports)."""
+    from .ops.names import select
+    from .ops.names import strip_prefix as strip
+
+    reports = []
+    if strip_prefix is not None:
+        tree, report = strip(tree, strip_prefix)
+        reports.append(report)
+    if keep or drop:
+        tree, report = select(tree, keep=keep, drop=drop)
+        reports.append(report)
+    return tree, reports
+
+
 def _progress(label: str, total: int, quiet: bool):
     from .progress import Progress
 
@@ -123,8 +146,9 @@ def main() -> None:
 @main.command()
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--filter", "filters", multiple=True, metavar="GLOB", help="Only tensors whose name matches (repeatable).")
+@click.option("--key", metavar="NAME", help="PyTorch checkpoints: the top-level entry that holds the state dict (e.g. model_ema); found by itself otherwise.")
 @json_option
-def inspect(path: Path, filters: tuple[str, ...], as_json: bool) -> None:
+def inspect(path: Path, filters: tuple[str, ...], as_json: bool, key: str | None = None) -> None:
     """List a checkpoint's tensors: name, shape, dtype and size.
 
     PATH is a file, a sharded checkpoint's index .json, or a folder that
@@ -135,10 +159,11 @@ def inspect(path: Path, filters: tuple[str, ...], as_json: bool) -> None:
       surgery inspect model.safetensors
       surgery inspect model.safetensors.index.json --filter '*.bias'
       surgery inspect model.npz --json | jq '.total_bytes'
+      surgery inspect checkpoint.pth --key model_ema
     """
     from .io import load
 
-    tree = load(path)
+    tree = load(path, key=key)
     entries = _filtered(tree, filters, path)
     total = sum(e.nbytes for e in entries)
     if as_json:
@@ -195,12 +220,30 @@ def _shortened(text: str, limit: int = 100) -> str:
     return text if len(text) <= limit else f"{text[: limit - 20]}... ({len(text):,} characters; --json shows all)"
 
 
+def layout_options(f: Callable) -> Callable:
+    """--layout and what it needs: --from-layout, --flatten-shape, --rules, --transposed, --depthwise."""
+    options = [
+        click.option("--layout", type=click.Choice(["torch", "keras"]), help="Move the weights to PyTorch (torch) or Keras (keras) layout: conv kernels HWIO<->OIHW (1-3 D, depthwise, transposed), Dense (in,out)<->(out,in), names layer/kernel<->layer.weight, BatchNorm gamma/beta/moving_*<->weight/bias/running_* (+num_batches_tracked), PReLU alpha<->weight."),
+        click.option("--from-layout", type=click.Choice(["torch", "keras"]), help="The layout SRC is in, when the file does not say (a safetensors file without format=pt)."),
+        click.option("--flatten-shape", "flatten_shapes", multiple=True, metavar="LAYER=H,W,C", help="The first Dense after a Flatten: its Keras layer name and the Flatten's input shape in Keras order (e.g. dense=7,7,64), in both directions; its inputs are reordered NHWC<->NCHW (repeatable)."),
+        click.option("--rules", "rules_file", type=click.Path(path_type=Path, dir_okay=False), metavar="FILE", help='Rename rules applied in order after the default mapping: a JSON list of [regex, replacement] pairs, [["^conv2d_1\\\\.", "features.0."]], or TOML: rules = [["^conv2d_1\\\\.", "features.0."]] (.toml).'),
+        click.option("--transposed", multiple=True, metavar="GLOB", help="Layers of SRC that are transposed convs (Conv2DTranspose/ConvTranspose2d), when no Keras model_config says so (repeatable)."),
+        click.option("--depthwise", multiple=True, metavar="GLOB", help="Layers of SRC that are depthwise convs (torch Conv2d with groups=in), when nothing else says so (repeatable)."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
 @main.command()
 @click.argument("src", type=click.Path(path_type=Path))
 @output_options
+@name_options
 @click.option("--to", "to", type=click.Choice(FORMAT_NAMES), help="Output format (default: from OUTPUT's suffix).")
 @click.option("--dtype", type=click.Choice(["float16", "bfloat16", "float32"]), help="Cast floating tensors; integers and bools are kept.")
 @click.option("--shard-size", type=SizeType(), help="Write a sharded safetensors folder, shards of at most SIZE (5GB, 500MB).")
+@click.option("--key", metavar="NAME", help="PyTorch checkpoints: the top-level entry that holds the state dict (e.g. model_ema); found by itself otherwise.")
+@layout_options
 @json_option
 @quiet_option
 def convert(
@@ -213,6 +256,9 @@ def convert(
     shard_size: int | None,
     as_json: bool,
     quiet: bool,
+    strip_prefix: str | None = None, drop: tuple[str, ...] = (), keep: tuple[str, ...] = (),
+    layout: str | None = None, from_layout: str | None = None, flatten_shapes: tuple[str, ...] = (), rules_file: Path | None = None, transposed: tuple[str, ...] = (), depthwise: tuple[str, ...] = (),
+    key: str | None = None,
 ) -> None:
     """Convert SRC to another format, dtype or sharding, and write OUTPUT.
 
@@ -226,11 +272,15 @@ def convert(
       surgery convert big/ -o merged.safetensors                  (sharded -> one file)
       surgery convert model.safetensors -o shards/ --shard-size 5GB
       surgery convert model.safetensors -o half.safetensors --dtype bfloat16
+      surgery convert model.h5 -o model.safetensors --layout torch --flatten-shape dense=7,7,64
+      surgery convert model.safetensors -o model.h5 --layout keras --rules names.json
     """
     from .io import check_output, load, save
     from .ops import cast_floating
 
-    tree = load(src)
+    tree = load(src, key=key)
+    tree, name_reports = _apply_name_options(tree, strip_prefix, drop, keep)
+    tree, layout_report = _apply_layout(tree, layout, from_layout, flatten_shapes, rules_file, transposed, depthwise)
     cast_report = None
     if dtype:
         tree, cast_report = cast_floating(tree, dtype)
@@ -242,15 +292,21 @@ def convert(
         "tensors": len(tree),
         "total_bytes": tree.total_bytes,
         "cast": cast_report.names("cast") if cast_report else [],
+        **_name_summary(name_reports),
         "shards": _shard_count(tree, shard_size),
         "dry_run": dry_run,
     }
+    if layout_report is not None:
+        summary["layout"] = layout_report.to_json()
     if not dry_run:
         with _progress("converting", tree.total_bytes, quiet or as_json) as progress:
             save(tree, output, fmt, force=force, shard_size=shard_size, progress=progress)
     if as_json:
         _emit_json(summary)
     elif not quiet:
+        _print_name_summary(summary)
+        if layout_report is not None:
+            _print_layout_summary(layout_report)
         _print_convert_summary(summary, dtype)
 
 
@@ -273,6 +329,44 @@ def _print_convert_summary(summary: dict, dtype: str | None) -> None:
     )
     if dtype:
         click.echo(f"cast {len(summary['cast'])} floating tensors to {dtype}")
+
+
+# -- convert --layout: Keras <-> PyTorch axes and names --------------------------------
+# @@ section: layout @@ (layout_options sits above `convert`, which uses it)
+
+
+def _apply_layout(tree, layout: str | None, from_layout: str | None, flatten_shapes: tuple[str, ...], rules_file: Path | None, transposed: tuple[str, ...], depthwise: tuple[str, ...]):
+    """The tree in the asked layout and the report, or the tree unchanged and None without --layout."""
+    from .errors import OperationError
+    from .ops.layout import convert_layout, parse_flatten_shape, parse_rules
+
+    if layout is None:
+        given = [n for n, v in (("--flatten-shape", flatten_shapes), ("--rules", rules_file), ("--transposed", transposed), ("--depthwise", depthwise), ("--from-layout", from_layout)) if v]
+        if given:
+            raise OperationError(f"{given[0]} only applies with --layout", given[0], "add --layout torch or --layout keras")
+        return tree, None
+    rules = None
+    if rules_file is not None:
+        kind = "toml" if rules_file.suffix.lower() == ".toml" else "json"
+        rules = parse_rules(rules_file.read_text(encoding="utf-8"), kind, str(rules_file))
+    shapes = dict(parse_flatten_shape(text) for text in flatten_shapes)
+    return convert_layout(tree, layout, flatten_shapes=shapes, rules=rules, transposed=transposed, depthwise=depthwise, source=from_layout)
+
+
+def _print_layout_summary(report) -> None:
+    counts = {kind: len(report.names(kind)) for kind in ("transposed", "renamed", "added", "dropped")}
+    click.echo(f"layout {report.facts['from']} -> {report.facts['to']}: " + ", ".join(f"{n} {kind}" for kind, n in counts.items()))
+    for c in report.changes:
+        if c.kind == "renamed":
+            click.echo(f"  renamed {_printable(c.before)} -> {_printable(c.after)}")
+        elif c.kind == "transposed":
+            click.echo(f"  transposed {_printable(c.name)} {c.before} -> {c.after} ({c.detail})")
+        elif c.kind == "added":
+            click.echo(f"  added {_printable(c.name)} {c.after} ({c.detail})")
+        elif c.kind == "dropped":
+            click.echo(f"  dropped {_printable(c.name)} ({c.detail})")
+    for note in report.notes:
+        click.echo(f"note: {note}")
 
 
 # -- class-axis surgery (subsample, upsample, verify) -------------------------------
@@ -471,14 +565,505 @@ def verify(original: Path, edited: Path, as_json: bool, **class_args: Any) -> No
 # -- names: rename, transplant ------------------------------------------------------
 # @@ section: names @@
 
+_LISTED = 20  # names listed per kind in text output; --json lists all
+
+
+def _name_summary(reports: list) -> dict:
+    """What --strip-prefix, --keep and --drop (and --map) did, for a command's summary."""
+    changes = [c for report in reports for c in report.changes]
+    return {
+        "renamed": [{"before": c.before, "after": c.after} for c in changes if c.kind == "renamed"],
+        "dropped": [c.name for c in changes if c.kind == "dropped"],
+    }
+
+
+def _print_name_summary(summary: dict) -> None:
+    if summary.get("renamed"):
+        click.echo(f"renamed {len(summary['renamed'])} tensors")
+    if summary.get("dropped"):
+        click.echo(f"dropped {len(summary['dropped'])} tensors: {_first(summary['dropped'])}")
+
+
+def _first(names: list[str]) -> str:
+    shown = ", ".join(_printable(n) for n in names[:_LISTED])
+    return shown + (f", ... and {len(names) - _LISTED} more (--json lists all)" if len(names) > _LISTED else "")
+
+
+def _parse_rules(rules: tuple[str, ...]) -> list[tuple[str, str]]:
+    from .ops.names import parse_rule
+
+    return [parse_rule(rule) for rule in rules]
+
+
+_MAP_HELP = (
+    "Rename by regex: REGEX=REPL, Python re.sub over the whole name, \\1 for groups (repeatable, applied in order). "
+    "The split is at the first '=' not after a backslash: write a literal '=' in REGEX as \\=."
+)
+
+
+@main.command()
+@click.argument("src", type=click.Path(path_type=Path))
+@output_options
+@click.option("--map", "rules", multiple=True, metavar="REGEX=REPL", help=_MAP_HELP)
+@name_options
+@json_option
+@quiet_option
+def rename(src: Path, output: Path, force: bool, dry_run: bool, rules: tuple[str, ...], strip_prefix: str | None, drop: tuple[str, ...], keep: tuple[str, ...], as_json: bool, quiet: bool) -> None:
+    """Rename, strip a prefix from, keep or drop tensors, and write OUTPUT.
+
+    Steps run in this order: --strip-prefix, then --keep and --drop (globs,
+    '*' crosses '/' and '.'), then every --map rule in the order given. A rule
+    or glob that matches no name is an error, and so are two tensors that would
+    end up with one name. No tensor data is changed. Keras 2 .h5 files keep
+    their layer order with the layer groups renamed, so Keras' load_weights
+    finds them under the new layer names.
+
+    \b
+    Examples:
+      surgery rename ddp.pt -o model.safetensors --strip-prefix module.
+      surgery rename model.safetensors -o out.safetensors --map '^backbone\\.=encoder.' --dry-run
+      surgery rename model.h5 -o renamed.h5 --map '^conv(\\d+)_=block\\1_conv_'
+      surgery rename model.safetensors -o body.safetensors --drop 'head.*' --drop '*.num_batches_tracked'
+    """
+    from .errors import OperationError
+    from .io import check_output, load, save
+    from .ops.names import rename as rename_tree
+
+    parsed = _parse_rules(rules)
+    if not (parsed or strip_prefix is not None or keep or drop):
+        raise OperationError("nothing to rename", "rename", "give --map REGEX=REPL, --strip-prefix, --keep or --drop")
+    tree, reports = _apply_name_options(load(src), strip_prefix, drop, keep)
+    if parsed:
+        tree, report = rename_tree(tree, parsed)
+        reports.append(report)
+    fmt = check_output(tree, output, force=force)
+    document = {"input": str(src), "output": str(output), "format": fmt, "dry_run": dry_run, "tensors": len(tree),
+                **_name_summary(reports), "notes": [n for r in reports for n in r.notes]}
+    if not dry_run:
+        with _progress("renaming", tree.total_bytes, quiet or as_json) as progress:
+            save(tree, output, fmt, force=force, progress=progress)
+    if as_json:
+        _emit_json(document)
+    elif not quiet:
+        _print_rename(document)
+
+
+def _print_rename(document: dict) -> None:
+    for change in document["renamed"]:
+        click.echo(f"{_printable(change['before'])} -> {_printable(change['after'])}")
+    if document["dropped"]:
+        click.echo(f"dropped {len(document['dropped'])} tensors: {_first(document['dropped'])}")
+    for note in document["notes"]:
+        click.echo(f"note: {note}")
+    verb = "would write" if document["dry_run"] else "wrote"
+    click.echo(f"{verb} {document['output']} ({document['format']}, {document['tensors']} tensors, {len(document['renamed'])} renamed)")
+
+
+@main.command()
+@click.argument("pretrained", type=click.Path(path_type=Path))
+@click.argument("target", type=click.Path(path_type=Path))
+@output_options
+@click.option("--map", "rules", multiple=True, metavar="REGEX=REPL", help=_MAP_HELP + " Applied to PRETRAINED's names (after layout conversion).")
+@click.option("--strip-prefix", metavar="PREFIX", help="Remove PREFIX from PRETRAINED's names first, e.g. 'module.'.")
+@click.option("--strict", is_flag=True, help="Fail unless every tensor matches by name and shape, both ways.")
+@click.option("--flatten-shape", "flatten_shapes", multiple=True, metavar="LAYER=H,W,C", help="Keras layouts only: the Dense after a Flatten and the Flatten's input shape (see `surgery convert --help`).")
+@json_option
+@quiet_option
+def transplant(pretrained: Path, target: Path, output: Path, force: bool, dry_run: bool, rules: tuple[str, ...], strip_prefix: str | None, strict: bool, flatten_shapes: tuple[str, ...], as_json: bool, quiet: bool) -> None:
+    """Load PRETRAINED's weights into TARGET by name, and write OUTPUT.
+
+    Like load_state_dict(strict=False), as a file: every TARGET tensor whose
+    name and shape match a PRETRAINED tensor takes the pretrained data (cast to
+    TARGET's dtype); the rest of TARGET stays as initialised. OUTPUT keeps
+    TARGET's names, order and layout, so give it TARGET's suffix to get TARGET's
+    format (the format comes from OUTPUT's suffix, as everywhere). The report
+    lists copied, missing (TARGET only), unexpected (PRETRAINED only) and
+    mismatched (same name, other shape) tensors. A Keras PRETRAINED and a
+    PyTorch TARGET (or the reverse) are converted between layouts first.
+
+    \b
+    Examples:
+      surgery transplant imagenet.pt new_head_init.pt -o start.pt --dry-run
+      surgery transplant ddp.pt init.safetensors -o start.safetensors --strip-prefix module.
+      surgery transplant old.safetensors init.safetensors -o start.safetensors --map '^encoder\\.=backbone.'
+      surgery transplant keras.h5 torch_init.safetensors -o start.safetensors --strict
+    """
+    from .atomic import check_destination
+    from .io import check_output, load, save
+    from .ops.names import strip_prefix as strip
+    from .ops.transplant import transplant as transplant_trees
+
+    parsed = _parse_rules(rules)
+    shapes = _parse_flatten_shapes(flatten_shapes)
+    source, into = load(pretrained), load(target)
+    stripped = None
+    if strip_prefix is not None:
+        source, stripped = strip(source, strip_prefix)
+    tree, report = transplant_trees(source, into, rules=parsed, strict=strict, flatten_shapes=shapes)
+    if stripped is not None:
+        report.notes.insert(0, f"stripped {strip_prefix!r} from {len(stripped.changes)} PRETRAINED names")
+    check_destination(output, {*source.source_paths(), *into.source_paths()}, force=force)  # never over an input
+    fmt = check_output(tree, output, force=force)
+    document = {"pretrained": str(pretrained), "target": str(target), "output": str(output), "format": fmt,
+                "dry_run": dry_run, **_transplant_summary(report)}
+    if not dry_run:
+        with _progress("transplanting", tree.total_bytes, quiet or as_json) as progress:
+            save(tree, output, fmt, force=force, progress=progress)
+    if as_json:
+        _emit_json(document)
+    elif not quiet:
+        _print_transplant(document)
+
+
+def _parse_flatten_shapes(texts: tuple[str, ...]) -> dict | None:
+    if not texts:
+        return None
+    from .ops.layout import parse_flatten_shape
+
+    return dict(parse_flatten_shape(text) for text in texts)
+
+
+def _transplant_summary(report) -> dict:
+    changes = report.changes
+    return {
+        "counts": {kind: report.facts[kind] for kind in ("copied", "cast", "missing", "unexpected", "mismatched")},
+        "copied": report.names("copied"),
+        "cast": [{"name": c.name, "from": c.before, "to": c.after} for c in changes if c.kind == "cast"],
+        "missing": report.names("missing"),
+        "unexpected": report.names("unexpected"),
+        "mismatched": [{"name": c.name, "pretrained": c.before, "target": c.after} for c in changes if c.kind == "mismatched"],
+        "notes": list(report.notes),
+    }
+
+
+def _print_transplant(document: dict) -> None:
+    counts = document["counts"]
+    for note in document["notes"]:
+        click.echo(f"note: {note}")
+    cast = f" ({counts['cast']} cast to TARGET's dtype)" if counts["cast"] else ""
+    mismatched = [f"{m['name']} {m['pretrained']} -> {m['target']}" for m in document["mismatched"]]
+    for label, names in (
+        (f"copied {counts['copied']}{cast}", document["copied"]),
+        (f"missing {counts['missing']} (kept as initialised)", document["missing"]),
+        (f"unexpected {counts['unexpected']} (not in TARGET)", document["unexpected"]),
+        (f"mismatched {counts['mismatched']} (shape differs, kept as initialised)", mismatched),
+    ):
+        click.echo(f"{label}: {_first(names)}" if names else label)
+    verb = "would write" if document["dry_run"] else "wrote"
+    click.echo(f"{verb} {document['output']} ({document['format']})")
+
 # -- head and layer surgery: strip-head, truncate ------------------------------------
 # @@ section: strip @@
+
+
+def _layer_command(kind: str, src: Path, output: Path, force: bool, dry_run: bool, as_json: bool, quiet: bool, edit: Callable) -> None:
+    """Shared by strip-head and truncate: load, edit, check the output, write unless --dry-run, report."""
+    from .io import check_output, load, save
+
+    tree = load(src)
+    edited, report = edit(tree)
+    fmt = check_output(edited, output, force=force)
+    if not dry_run:
+        with _progress(kind, edited.total_bytes, quiet or as_json) as progress:
+            save(edited, output, fmt, force=force, progress=progress)
+    removed = [{"name": c.name, "was": c.before} for c in report.changes if c.kind == "dropped"]
+    document = {"input": str(src), "output": str(output), "format": fmt, "dry_run": dry_run, **report.facts}
+    document.update({"removed_tensors": removed, "notes": report.notes})
+    if as_json:
+        _emit_json(document)
+    elif not quiet:
+        _print_layer_edit(document)
+
+
+def _print_layer_edit(document: dict) -> None:
+    if "head" in document:
+        click.echo(f"head: {_printable(document['head']['why'])}")
+    if "after" in document:
+        click.echo(f"keeping the layers up to and including {_printable(document['after'])}")
+    layers = document["removed_layers"]
+    click.echo(f"removed {len(layers)} layers: {_printable(', '.join(layers)) or '-'}")
+    for row in document["removed_tensors"]:
+        click.echo(f"  {_printable(row['name'])}  {row['was']}")
+    for note in document["notes"]:
+        click.echo(f"note: {_printable(note)}")
+    verb = "would write" if document["dry_run"] else "wrote"
+    click.echo(f"{verb} {document['output']} ({document['format']}, {document['kept_tensors']} tensors kept, {len(document['removed_tensors'])} removed)")
+
+
+@main.command("strip-head")
+@click.argument("src", type=click.Path(path_type=Path))
+@output_options
+@click.option("--head", "globs", multiple=True, metavar="GLOB", help="Layers or tensors to remove (repeatable). Default: detect the classification top.")
+@click.option("--family", type=click.Choice(["keras-applications", "torchvision", "timm", "ssd"]), help="Use this family's top from the head table instead of detecting (ssd: its *_mbox_conf/*_mbox_loc layers).")
+@json_option
+@quiet_option
+def strip_head(src: Path, output: Path, force: bool, dry_run: bool, globs: tuple[str, ...], family: str | None, as_json: bool, quiet: bool) -> None:
+    """Remove the classification head, keeping every other weight unchanged.
+
+    The head is found from a Keras full model's graph (walking back from the
+    output through Activation, pooling, Flatten and Dropout to the layer that
+    makes the class scores), or from the table of known tops: Keras
+    applications predictions/fc1/fc2/flatten, torchvision fc/classifier.*/head,
+    timm head/fc/classifier. When it is unsure it lists the candidates and
+    writes nothing. Every removed tensor is listed; try --dry-run first.
+
+    \b
+    Examples:
+      surgery strip-head vgg16.h5 -o vgg16_notop.h5 --dry-run
+      surgery strip-head resnet18.pth -o backbone.safetensors
+      surgery strip-head model.safetensors -o out.safetensors --head 'head.*'
+      surgery strip-head ssd300.h5 -o ssd300_base.h5 --family ssd
+    """
+    from .ops.strip import strip_head as strip
+
+    _layer_command("strip-head", src, output, force, dry_run, as_json, quiet, lambda tree: strip(tree, globs, family))
+
+
+@main.command()
+@click.argument("src", type=click.Path(path_type=Path))
+@output_options
+@click.option("--after", required=True, metavar="LAYER", help="The last layer to keep (a PyTorch module name such as layer3 keeps all of it).")
+@json_option
+@quiet_option
+def truncate(src: Path, output: Path, force: bool, dry_run: bool, after: str, as_json: bool, quiet: bool) -> None:
+    """Keep the layers up to and including LAYER, in the checkpoint's own order.
+
+    The order is a Keras file's layer list (layer_names) or the PyTorch key
+    order. A Keras full model's model_config is rewritten to match, with the
+    layers that fed removed ones as its outputs.
+
+    \b
+    Examples:
+      surgery truncate vgg16.h5 -o vgg16_block4.h5 --after block4_pool
+      surgery truncate resnet50.pth -o resnet50_c4.safetensors --after layer3
+    """
+    from .ops.strip import truncate as cut
+
+    _layer_command("truncate", src, output, force, dry_run, as_json, quiet, lambda tree: cut(tree, after))
 
 # -- re-initialisation: reinit, adapt-input -------------------------------------------
 # @@ section: reinit @@
 
+
+def _write_reinit(label: str, src: Path, edited, report, output: Path, force: bool, dry_run: bool, quiet: bool) -> dict:
+    """check_output, then save unless dry-running; the shared start of reinit and adapt-input's document."""
+    from .io import check_output, save
+
+    fmt = check_output(edited, output, force=force)
+    if not dry_run:
+        with _progress(label, edited.total_bytes, quiet) as progress:
+            save(edited, output, fmt, force=force, progress=progress)
+    return {"input": str(src), "output": str(output), "format": fmt, "dry_run": dry_run, "notes": list(report.notes)}
+
+
+@main.command()
+@click.argument("src", type=click.Path(path_type=Path))
+@output_options
+@click.option("--layers", "layer_globs", multiple=True, required=True, metavar="GLOB", help="Layers (or tensors) to re-initialise (repeatable); '*' crosses '/' and '.'.")
+@click.option("--init", required=True, metavar="NAME", help="Kernels: xavier_uniform, xavier_normal, kaiming_uniform, kaiming_normal, normal:STD, zeros, ones or constant:V.")
+@click.option("--bias-init", default="zeros", show_default=True, metavar="NAME", help="Biases: zeros, ones, constant:V or normal:STD.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed; each tensor draws from its own generator seeded by (seed, its name).")
+@click.option("--layout", type=click.Choice(["keras", "torch"]), help="Kernel layout, when the file does not say: keras (..., in, out) or torch (out, in, ...).")
+@json_option
+@quiet_option
+def reinit(src: Path, output: Path, force: bool, dry_run: bool, layer_globs: tuple[str, ...], init: str, bias_init: str, seed: int, layout: str | None, as_json: bool, quiet: bool) -> None:
+    """Re-initialise the tensors of some layers; everything else is copied unchanged.
+
+    \b
+    Kernels get --init, with fans from the layout (torch's formulas):
+      Keras conv (h, w, in, out):  fan_in = h*w*in,  fan_out = h*w*out  (1-D/3-D alike)
+      torch conv (out, in, h, w):  fan_in = in*h*w,  fan_out = out*h*w
+      dense: Keras (in, out), torch (out, in)
+      depthwise kernels: from the shape, as each framework computes them
+      xavier_uniform   U(-b, b), b = sqrt(6 / (fan_in + fan_out))      (gain 1)
+      xavier_normal    N(0, s),  s = sqrt(2 / (fan_in + fan_out))      (gain 1)
+      kaiming_uniform  U(-b, b), b = sqrt(2) * sqrt(3 / fan_in)        (torch default: fan_in, relu)
+      kaiming_normal   N(0, s),  s = sqrt(2) / sqrt(fan_in)
+      normal:STD  N(0, STD);  zeros;  ones;  constant:V
+    Biases get --bias-init (zeros). Normalisation layers, known by their names
+    (gamma/beta/moving_mean/moving_variance; weight/bias beside running_mean/running_var),
+    get gamma 1, beta 0, mean 0, variance 1, num_batches_tracked 0, whatever --init says.
+    Dtypes are kept; integer buffers (e.g. position_ids) are left unchanged and listed.
+
+    \b
+    Examples:
+      surgery reinit resnet50.pt -o fresh_fc.safetensors --layers fc --init kaiming_uniform
+      surgery reinit vgg16.h5 -o vgg16_new_top.h5 --layers 'fc*' --layers predictions --init xavier_uniform --seed 1
+      surgery reinit model.safetensors -o out.safetensors --layers 'head.*' --init normal:0.01 --layout torch
+    """
+    from .io import load
+    from .ops.reinit import reinit as reinit_op
+
+    edited, report = reinit_op(load(src), layer_globs, init, seed=seed, bias_init=bias_init, layout=layout)
+    document = _write_reinit("reinit", src, edited, report, output, force, dry_run, quiet or as_json)
+    document.update(seed=seed, tensors=report.facts["tensors"])
+    if as_json:
+        _emit_json(document)
+    elif not quiet:
+        for change in report.changes:
+            click.echo(f"{_printable(change.name)}  {change.before}  {change.detail}")
+        for note in document["notes"]:
+            click.echo(f"note: {_printable(note)}")
+        verb = "would write" if dry_run else "wrote"
+        click.echo(f"{verb} {output} ({document['format']}): {len(report.changes)} tensors re-initialised, seed {seed}")
+
+
+@main.command("adapt-input")
+@click.argument("src", type=click.Path(path_type=Path))
+@output_options
+@click.option("--channels", type=int, required=True, metavar="N", help="Input channels the new model takes (1 for grayscale).")
+@click.option("--layer", metavar="NAME", help="The conv layer (or kernel tensor) to adapt; default: the first conv with 3 input channels.")
+@click.option("--layout", type=click.Choice(["keras", "torch"]), help="Kernel layout, when the file does not say: keras (HWIO) or torch (OIHW).")
+@json_option
+@quiet_option
+def adapt_input(src: Path, output: Path, force: bool, dry_run: bool, channels: int, layer: str | None, layout: str | None, as_json: bool, quiet: bool) -> None:
+    """Change the input channels of a model's first conv from RGB to N channels.
+
+    The rule is timm's adapt_input_conv, on the input axis (2 in Keras HWIO,
+    1 in torch OIHW): for N = 1 the three RGB weights are summed, so a gray
+    image gives what the RGB model gives for that image repeated 3 times; for
+    other N the RGB weights are repeated ceil(N/3) times, cut to N, and
+    scaled by 3/N. Without --layer the first rank-4 conv kernel in file order
+    with 3 input channels is chosen. Only that kernel changes.
+
+    \b
+    Examples:
+      surgery adapt-input resnet50.pt -o resnet50_gray.safetensors --channels 1
+      surgery adapt-input model.weights.h5 -o rgbn.weights.h5 --channels 4 --layer conv1
+    """
+    from .io import load
+    from .ops.reinit import adapt_input as adapt_op
+
+    edited, report = adapt_op(load(src), channels, layer=layer, layout=layout)
+    document = _write_reinit("adapt-input", src, edited, report, output, force, dry_run, quiet or as_json)
+    document.update(report.facts)
+    if as_json:
+        _emit_json(document)
+    elif not quiet:
+        facts = report.facts
+        click.echo(f"{_printable(str(facts['tensor']))}: {facts['why']}")
+        click.echo(f"  {facts['before']} -> {facts['after']}: {facts['rule']}")
+        for note in document["notes"]:
+            click.echo(f"note: {_printable(note)}")
+        verb = "would write" if dry_run else "wrote"
+        click.echo(f"{verb} {output} ({document['format']}). Build the model with {channels} input channel{'s' if channels != 1 else ''}.")
+
 # -- freeze maps ---------------------------------------------------------------------
 # @@ section: freeze @@
+
+
+class LrMultType(click.ParamType):
+    """--lr-mult GLOB=X: parameters matching GLOB train at X times the base learning rate."""
+
+    name = "GLOB=X"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[str, float]:
+        if isinstance(value, tuple):
+            return value
+        glob, _, number = str(value).rpartition("=")
+        try:
+            mult = float(number)
+        except ValueError:
+            mult = float("nan")
+        if not glob or not (0 < mult < float("inf")):
+            self.fail(f"{value!r} is not GLOB=X with X a positive number; write e.g. 'fc.*=10'", param, ctx)
+        return (glob, mult)
+
+
+def _recipe_names() -> list[str]:
+    from .ops.freeze import RECIPES
+
+    return list(RECIPES)
+
+
+@main.command()
+@click.argument("src", type=click.Path(path_type=Path))
+@output_options
+@click.option("--recipe", type=click.Choice(_recipe_names()), help="A transfer-learning case (see above); --freeze/--train/--lr-mult override it.")
+@click.option("--head", "head_globs", multiple=True, metavar="GLOB", help="The new head's layers or parameters, for --recipe (repeatable). Default: detected.")
+@click.option("--freeze", "freeze_globs", multiple=True, metavar="GLOB", help="Freeze matching parameters or layers (repeatable).")
+@click.option("--train", "train_globs", multiple=True, metavar="GLOB", help="Train matching parameters or layers (repeatable).")
+@click.option("--lr-mult", "lr_mults", multiple=True, type=LrMultType(), help="Learning-rate multiple for matching parameters, e.g. 'fc.*=10' (repeatable).")
+@json_option
+@quiet_option
+def freeze(src: Path, output: Path, force: bool, dry_run: bool, recipe: str | None, head_globs: tuple[str, ...], freeze_globs: tuple[str, ...], train_globs: tuple[str, ...], lr_mults: tuple[tuple[str, float], ...], as_json: bool, quiet: bool) -> None:
+    """Write a freeze map: which parameters train, and at what learning-rate multiple.
+
+    OUTPUT is JSON, every parameter of SRC once, in checkpoint order:
+
+    \b
+      {"version": 1, "source": "SRC", "recipe": "small-similar", "head": [...],
+       "parameters": {"features.0.weight": {"trainable": false, "lr_mult": 1.0}, ...},
+       "buffers": ["bn1.running_mean", "bn1.running_var", "bn1.num_batches_tracked"]}
+
+    Buffers (BatchNorm running_mean/running_var/num_batches_tracked, Keras
+    moving_mean/moving_variance, integer tensors) are not parameters: they are
+    listed apart and never trainable. Apply the map with
+    surgery.torch.apply_freeze_map(model, "freeze.json", lr), which sets
+    requires_grad and returns optimizer parameter groups, or with
+    surgery.keras.apply_freeze_map(model, "freeze.json"), which sets
+    layer.trainable.
+
+    \b
+    Recipes (dataset size, similarity to the pretraining data):
+      small-similar    freeze everything but the head; train the head
+      small-different  freeze the kept early layers; train the head. Cutting
+                       the later layers off is `surgery truncate`, not this command
+      large-similar    train everything; the head at lr_mult 10
+      large-different  retrain everything; the head at lr_mult 10
+    The head is --head GLOB, or detected (a known classifier such as fc,
+    classifier, predictions).
+
+    Every parameter starts trainable at lr_mult 1; a recipe sets head and body;
+    --freeze, --train and --lr-mult override it. A glob matches a parameter's
+    name or its layer ('*' crosses '.' and '/'). When globs disagree on a
+    parameter, the more specific glob (more characters other than * ? [...])
+    wins; on a tie --train beats --freeze, and the larger lr_mult wins. Each
+    conflict is reported. A glob that matches no parameter is an error.
+
+    \b
+    Examples:
+      surgery freeze resnet18.pth -o freeze.json --recipe small-similar --head fc
+      surgery freeze vgg16.h5 -o freeze.json --recipe large-similar      (head detected)
+      surgery freeze ssd300.h5 -o freeze.json --freeze 'conv[1-3]_*' --lr-mult '*_mbox_conf=10'
+      surgery freeze model.safetensors -o freeze.json --freeze '*' --train 'head.*' --dry-run
+    """
+    from .atomic import atomic_output, check_destination
+    from .errors import OperationError
+    from .io import load
+    from .ops.freeze import freeze_map
+
+    mults: dict[str, float] = {}
+    for glob, mult in lr_mults:
+        if mults.setdefault(glob, mult) != mult:
+            raise OperationError(f"--lr-mult {glob!r} is given twice with different values", "--lr-mult", "give each glob once")
+    tree = load(src)
+    fmap, report = freeze_map(tree, freeze=freeze_globs, train=train_globs, lr_mult=mults, recipe=recipe, head=head_globs, source=str(src))
+    check_destination(output, {Path(src), *tree.source_paths()}, force=force)
+    document = fmap.to_json()
+    if not dry_run:
+        with atomic_output(output) as tmp:
+            tmp.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    if as_json:
+        _emit_json(document)
+    elif not quiet:
+        _print_freeze(report, output, dry_run)
+
+
+def _print_freeze(report, output: Path, dry_run: bool) -> None:
+    facts = report.facts
+    if "head" in facts:
+        click.echo(f"head: {_printable(', '.join(facts['head']['parameters']))} ({_printable(facts['head']['why'])})")
+    for rule in facts["rules"]:
+        names = _printable(", ".join(rule["parameters"]))
+        click.echo(f"{_printable(rule['rule'])} -> {rule['sets']}: {len(rule['parameters'])} parameter(s): {names}")
+    for note in report.notes:
+        click.echo(f"note: {_printable(note)}")
+    click.echo(
+        f"{facts['parameters']} parameters: {facts['trainable']} trainable, {facts['frozen']} frozen; "
+        f"{facts['buffers']} buffers listed apart (not parameters)"
+    )
+    click.echo(f"{'would write' if dry_run else 'wrote'} {output}")
 
 # -- recipe files: apply ---------------------------------------------------------------
 # @@ section: apply @@
