@@ -85,3 +85,28 @@ def test_a_failing_step_is_named(tmp_path, fixtures_dir):
     recipe.write_text("[[steps]]\nop = 'cast'\ndtype = 'float16'\n[[steps]]\nop = 'subsample'\nclasses = [0, 500]\nanchors = 4\n")
     line = error_line(run("apply", recipe, fixtures_dir / SSD, "-o", tmp_path / "out.h5"))
     assert line.startswith(f"error: class index 500 is out of range: conv4_3_norm_mbox_conf has 81 classes, so indices run 0..80 ({recipe}, step 2: subsample, --classes); ")
+
+
+def test_head_and_layer_steps_equal_their_commands(tmp_path, fixtures_dir):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(
+        "[[steps]]\nop = 'reinit'\nlayers = 'conv9_2_mbox_conf'\ninit = 'xavier_uniform'\nseed = 1\n"
+        "[[steps]]\nop = 'truncate'\nafter = 'conv9_2_mbox_conf'\n"
+        "[[steps]]\nop = 'adapt-input'\nchannels = 1\n"
+        "[[steps]]\nop = 'strip-head'\nfamily = 'ssd'\n"
+    )
+    src = fixtures_dir / SSD
+    out = tmp_path / "out.safetensors"
+    assert run("apply", recipe, src, "-o", out, "-q").exit_code == 0
+    a, b, c, d = (tmp_path / f"{k}.h5" for k in "abcd")
+    commands = [
+        ("reinit", src, "-o", a, "--layers", "conv9_2_mbox_conf", "--init", "xavier_uniform", "--seed", "1"),
+        ("truncate", a, "-o", b, "--after", "conv9_2_mbox_conf"),
+        ("adapt-input", b, "-o", c, "--channels", "1"),
+        ("strip-head", c, "-o", d, "--family", "ssd"),
+    ]
+    for command in commands:
+        result = run(*command, "-q")
+        assert result.exit_code == 0, (command, result.stderr)
+    assert tensor_bytes(out) == tensor_bytes(d)
+    assert [s["op"] for s in provenance.history(surgery.load(out))] == ["reinit", "truncate", "adapt-input", "strip-head"]

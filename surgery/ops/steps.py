@@ -76,6 +76,30 @@ def cast(tree: Tree, *, dtype: str) -> Result:
     return cast_floating(tree, dtype)
 
 
+def strip_head(tree: Tree, *, head=(), family=None) -> Result:
+    from .strip import strip_head as run
+
+    return run(tree, _list(head), family=family)
+
+
+def truncate(tree: Tree, *, after: str) -> Result:
+    from .strip import truncate as run
+
+    return run(tree, after)
+
+
+def reinit(tree: Tree, *, layers, init: str, seed: int = 0, bias_init: str = "zeros", layout=None) -> Result:
+    from .reinit import reinit as run
+
+    return run(tree, _list(layers), init, seed=seed, bias_init=bias_init, layout=layout)
+
+
+def adapt_input(tree: Tree, *, channels: int, layer=None, layout=None) -> Result:
+    from .reinit import adapt_input as run
+
+    return run(tree, channels, layer=layer, layout=layout)
+
+
 def _list(value: Any) -> list[str]:
     """A repeatable flag: one string or a list of them."""
     if value is None:
@@ -96,6 +120,10 @@ STEPS: dict[str, Callable[..., Result]] = _registry(
     ("subsample", subsample),
     ("upsample", upsample),
     ("cast", cast),
+    ("strip-head", strip_head),
+    ("truncate", truncate),
+    ("reinit", reinit),
+    ("adapt-input", adapt_input),
 )
 
 
