@@ -7,18 +7,20 @@ from typing import Callable
 
 from . import formats
 from .atomic import atomic_output, check_destination
-from .errors import OutputError, SurgeryError
+from .errors import FormatError, OutputError, SurgeryError
 from .tree import Tree
 
 __all__ = ["load", "save", "check_output"]
 
 
-def load(path: str | Path, format: str | None = None) -> Tree:
+def load(path: str | Path, format: str | None = None, *, key: str | None = None) -> Tree:
     """Open a checkpoint lazily: names, shapes and dtypes now, tensor data only when read.
 
     Args:
         path: a file, a sharded checkpoint's index .json, or a folder holding one.
         format: force a format name instead of detecting it from the content.
+        key: PyTorch checkpoints only: the top-level entry that holds the state dict
+            (e.g. "model_ema"); by default the state dict is found by itself.
 
     Raises:
         SurgeryError: the file is missing, of an unknown format, corrupt, or unsafe.
@@ -29,12 +31,21 @@ def load(path: str | Path, format: str | None = None) -> Tree:
     """
     path = Path(path)
     name = format or formats.detect(path)
+    options = _key_option(name, key, path)
     try:
-        return formats.module(name).load(path)
+        return formats.module(name).load(path, **options)
     except SurgeryError:
         raise
     except OSError as e:
         raise SurgeryError(f"cannot read the file ({e.strerror or e})", str(path), "check the path and permissions") from e
+
+
+def _key_option(name: str, key: str | None, path: Path) -> dict[str, str]:
+    if key is None:
+        return {}
+    if name != "torch":
+        raise FormatError(f"--key chooses an entry of a PyTorch checkpoint, but this is a {name} file", str(path), "drop --key")
+    return {"key": key}
 
 
 def save(
@@ -83,6 +94,9 @@ def check_output(
     name = formats.for_output(path, format, sharded=shard_size is not None)
     if not hasattr(formats.module(name), "save"):
         raise OutputError(f"writing {name} files is not available yet", str(path), formats.module(name).CANNOT_WRITE)
+    check_writable = getattr(formats.module(name), "check_writable", None)
+    if check_writable is not None:  # what the format cannot hold is refused before anything is written
+        check_writable(tree)
     if shard_size is not None and name != "safetensors":
         raise OutputError(f"{name} files cannot be sharded", "--shard-size", "drop --shard-size, or write safetensors")
     check_destination(path, tree.source_paths(), force=force)

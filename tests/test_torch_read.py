@@ -201,12 +201,15 @@ def test_truncated_zip_is_a_clear_error(tmp_path):
     assert line.startswith("error: ") and "Traceback" not in line
 
 
-def test_writing_torch_is_refused_before_anything_is_written(tmp_path):
+def test_writing_torch_gives_what_torch_load_reads_back(tmp_path):
     src = tmp_path / "m.pt"
-    torch.save({"w": torch.ones(2)}, src)
-    result = run("convert", src, "-o", tmp_path / "out.pt")
-    assert error_line(result) == (
-        f"error: writing torch files is not available yet ({tmp_path / 'out.pt'}); "
-        "write .safetensors instead, which torch loads with safetensors.torch.load_file"
-    )
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]
+    sd = {"w": torch.randn(2, 3), "tied": None, "n": torch.tensor(4)}
+    sd["tied"] = sd["w"]
+    torch.save(sd, src)
+    result = run("convert", src, "-o", tmp_path / "out.pt", "-q")
+    assert result.exit_code == 0, result.stderr
+    out = torch.load(tmp_path / "out.pt", weights_only=True)
+    assert list(out) == ["w", "tied", "n"]
+    assert torch.equal(out["w"], sd["w"]) and torch.equal(out["n"], sd["n"])
+    assert out["tied"].untyped_storage().data_ptr() == out["w"].untyped_storage().data_ptr()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt", "out.pt"]

@@ -37,6 +37,9 @@ SUFFIXES: dict[str, str] = {
     ".pth": "torch",
     # .bin is not listed: it names too many things; torch zip files are found by content.
 }
+# Suffixes that name an output's format but are never trusted to detect an input's
+# (pytorch_model.bin is Hugging Face's name for a torch.save file).
+OUTPUT_SUFFIXES: dict[str, str] = {**SUFFIXES, ".bin": "torch"}
 
 
 def names() -> list[str]:
@@ -79,7 +82,7 @@ def for_output(path: Path, to: str | None, sharded: bool) -> str:
         module(to)  # validates the name
         return to
     suffix = Path(path).suffix.lower()
-    by_suffix = SUFFIXES.get(suffix) if suffix != ".json" else None
+    by_suffix = OUTPUT_SUFFIXES.get(suffix) if suffix != ".json" else None
     if by_suffix:
         return by_suffix
     if sharded:

@@ -1,16 +1,23 @@
-"""PyTorch checkpoints in torch.save's zip format, read without torch and without running code.
+"""PyTorch checkpoints, read without torch and without running code.
 
-A `.pt` file is a zip archive: `<name>/data.pkl` is a pickle of the state dict, and each
-tensor's storage is a member `<name>/data/<key>`, stored uncompressed. The pickle is read
-by an unpickler that knows only what a state dict needs (containers, tensor rebuild
-calls, storage types) and maps those to our own harmless stand-ins; any other global,
-whatever a `__reduce__` payload asks for, is refused with its name. There is no fallback
-to a full unpickler and no flag that enables one.
+Two layouts are read:
 
-Tensor data is never unpickled: each entry points at its bytes inside the archive, so
-inspecting or converting reads only what it needs.
+- torch.save's zip format (the default since torch 1.6): `<name>/data.pkl` is a pickle of
+  the state dict, and each tensor's storage is an uncompressed member `<name>/data/<key>`.
+- The legacy format (`_use_new_zipfile_serialization=False`, common in weights that
+  packages ship): five pickles in a row (the magic number, the protocol version 1001,
+  sys_info, the object, the sorted list of storage keys), then for each key in that order
+  an 8-byte little-endian element count and the storage's raw bytes.
 
-Not yet here (see the PyTorch issue): the legacy non-zip format and writing.
+Every pickle is read by one unpickler that knows only what a state dict needs
+(containers, tensor rebuild calls, storage types) and maps those to our own harmless
+stand-ins; any other global, whatever a `__reduce__` payload asks for, is refused with its
+name, and BUILD is allowed only on an OrderedDict (torch keeps `_metadata` there). There
+is no fallback to a full unpickler and no flag that enables one.
+
+Tensor data is never unpickled: each entry points at its bytes inside the file, so
+inspecting or converting reads only what it needs. Every count and offset is checked
+against the file's size before anything is read.
 """
 
 from __future__ import annotations
@@ -23,24 +30,33 @@ import struct
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from .. import dtypes
-from ..errors import CorruptFileError, FormatError, UnsafeFileError
-from ..tree import TORCH, Entry, FileRange, Source, Tree
+from ..errors import CorruptFileError, FormatError, SurgeryError, UnsafeFileError
+from ..tree import CONVENTIONS, TORCH, Entry, FileRange, Source, Tree
 
 NAME = "torch"
 SUFFIXES = (".pt", ".pth")
 # Writing needs torch's own pickler; until it is here, outputs go elsewhere (see surgery.io.check_output).
 CANNOT_WRITE = "write .safetensors instead, which torch loads with safetensors.torch.load_file"
 _FIX = "the file is corrupt or not a torch.save checkpoint; save it again"
+_TRUNCATED = "the file is truncated; copy or download it again"
 _UNSAFE_FIX = "surgery reads only tensors and plain containers; re-save with torch.save(model.state_dict(), path)"
 MAX_PICKLE = 256 << 20  # a state dict's pickle holds names and shapes only; more is not a checkpoint
 
 # Containers that wrap a state dict in training checkpoints, in the order we look for them.
 CONTAINER_KEYS = ("state_dict", "model", "model_state_dict", "model_ema", "state_dict_ema", "ema", "module", "net")
+
+# The legacy format's first pickle is this number; the second is the protocol version.
+LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+LEGACY_PROTOCOL = 1001
+_MAGIC_PICKLED = b"\x8a\x0a" + LEGACY_MAGIC.to_bytes(10, "little")  # LONG1, 10 bytes
+# Where our writer keeps the tree's string metadata: state_dict._metadata["__surgery__"].
+SURGERY_METADATA = "__surgery__"
+CONVENTION_KEY = "surgery.convention"
 
 _STORAGES = {
     "FloatStorage": "float32", "DoubleStorage": "float64", "HalfStorage": "float16", "BFloat16Storage": "bfloat16",
@@ -52,13 +68,25 @@ _STORAGES = {
 
 
 def sniff(path: Path, head: bytes, size: int) -> bool:
-    if not path.is_file() or head[:4] != b"PK\x03\x04":
+    if not path.is_file():
+        return False
+    if _is_legacy(head):
+        return True
+    if head[:4] != b"PK\x03\x04":
         return False
     try:
         with zipfile.ZipFile(path) as z:
             return any(n.endswith("/data.pkl") or n == "data.pkl" for n in z.namelist())
     except (zipfile.BadZipFile, OSError):
         return False
+
+
+def _is_legacy(head: bytes) -> bool:
+    """A pickle (PROTO 2..5, maybe a FRAME) whose first value is the legacy magic number."""
+    if head[:1] != b"\x80" or head[1:2] not in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return False
+    at = 2 + (9 if head[2:3] == b"\x95" else 0)  # protocol 4+ frames the pickle
+    return head[at : at + len(_MAGIC_PICKLED)] == _MAGIC_PICKLED
 
 
 # -- the restricted unpickler ---------------------------------------------------------
@@ -74,6 +102,7 @@ class _StorageRef:
     key: str
     dtype: str
     numel: int
+    start: int = 0  # elements into the root storage (legacy storage views)
 
 
 @dataclass(frozen=True)
@@ -96,9 +125,10 @@ def _rebuild_tensor_v3(storage, offset, size, stride, _grad, _hooks, dtype, *_ig
     # Newer torch saves some dtypes (float8, unsigned) as untyped byte storages plus a dtype.
     if not isinstance(storage, _StorageRef) or not isinstance(dtype, _StorageType):
         raise pickle.UnpicklingError("a tensor without a storage or dtype")
-    itemsize = dtypes.get(dtype.dtype).bits // 8
-    typed = _StorageRef(storage.key, dtype.dtype, storage.numel // max(itemsize, 1) if storage.dtype == "uint8" else storage.numel)
-    return _rebuild_tensor(typed, offset, size, stride)
+    if storage.dtype == "uint8":
+        itemsize = max(dtypes.get(dtype.dtype).bits // 8, 1)
+        storage = _StorageRef(storage.key, dtype.dtype, storage.numel // itemsize, storage.start // itemsize)
+    return _rebuild_tensor(storage, offset, size, stride)
 
 
 def _rebuild_parameter(data, *_ignored) -> Any:
@@ -123,22 +153,89 @@ _ALLOWED: dict[tuple[str, str], Any] = {
 }
 
 
-class _Unpickler(pickle.Unpickler):
-    def __init__(self, data: bytes, where: str) -> None:
-        super().__init__(io.BytesIO(data))
-        self.where = where
+class _Unpickler(pickle._Unpickler):  # the Python unpickler: its opcodes can be overridden, C's cannot
+    """Reads one pickle with only `_ALLOWED` globals.
+
+    `storages` collects every storage the pickle names (key -> root storage); None means
+    the pickle may name none (the legacy header pickles). `legacy` selects the legacy
+    persistent id, which carries a sixth field: an optional storage view.
+    """
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+
+    def __init__(self, file: BinaryIO, where: str, storages: dict[str, _StorageRef] | None = None, legacy: bool = False) -> None:
+        super().__init__(file)
+        self.where, self.storages, self.legacy = where, storages, legacy
+        self.views: dict[str, _StorageRef] = {}
 
     def find_class(self, module: str, name: str) -> Any:
         try:
             return _ALLOWED[(module, name)]
-        except KeyError:
+        except (KeyError, TypeError):
             raise UnsafeFileError(f"the checkpoint asks to load {module}.{name}, which is not a tensor or container", self.where, _UNSAFE_FIX) from None
 
     def persistent_load(self, pid: Any) -> _StorageRef:
-        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage" and isinstance(pid[1], _StorageType)):
+        fields = 6 if self.legacy else 5
+        if self.storages is None or not (
+            isinstance(pid, tuple) and len(pid) == fields and pid[0] == "storage" and isinstance(pid[1], _StorageType)
+        ):
             raise UnsafeFileError(f"the checkpoint holds an unknown persistent object {str(pid)[:60]!r}", self.where, _UNSAFE_FIX)
-        _, kind, key, _location, numel = pid
-        return _StorageRef(str(key), kind.dtype, int(numel))
+        kind, key, numel = pid[1], str(pid[2]), _count(pid[4], "storage size")
+        if key in self.views:
+            raise pickle.UnpicklingError(f"storage key {key!r} also names a storage view")
+        root = self.storages.setdefault(key, _StorageRef(key, kind.dtype, numel))
+        if root.dtype != kind.dtype:
+            raise pickle.UnpicklingError(f"storage {key!r} is read as both {root.dtype} and {kind.dtype}")
+        return self._view(root, pid[5]) if self.legacy and pid[5] is not None else root
+
+    def _view(self, root: _StorageRef, view: Any) -> _StorageRef:
+        # Storage views (torch < 0.4): (view_key, offset, size) in elements of the root storage.
+        if not (isinstance(view, tuple) and len(view) == 3):
+            raise pickle.UnpicklingError(f"a storage view {str(view)[:60]!r}")
+        key, start, size = str(view[0]), _count(view[1], "view offset"), _count(view[2], "view size")
+        if key in self.storages:
+            raise pickle.UnpicklingError(f"storage view key {key!r} also names a storage")
+        if start + size > root.numel:
+            raise pickle.UnpicklingError(f"a view of {size} elements at {start} in storage {root.key!r} of {root.numel}")
+        # torch keeps the first view of a key, whatever a later id says.
+        return self.views.setdefault(key, _StorageRef(root.key, root.dtype, size, start))
+
+    def _build(self) -> None:
+        # torch stores a module's versions as OrderedDict attributes (state_dict._metadata);
+        # any other object that asks for its state to be set is not a state dict.
+        state = self.stack.pop()
+        inst = self.stack[-1]
+        if type(inst) is not collections.OrderedDict:
+            raise UnsafeFileError(f"the checkpoint asks to set the state of a {_kind(inst)}, which is not a container", self.where, _UNSAFE_FIX)
+        if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
+            raise pickle.UnpicklingError("an OrderedDict state that is not a dict of attributes")
+        inst.__dict__.update(state)
+
+    dispatch[pickle.BUILD[0]] = _build
+
+
+def _count(value: Any, what: str) -> int:
+    if type(value) is not int or value < 0:
+        raise pickle.UnpicklingError(f"a {what} of {str(value)[:30]!r}")
+    return value
+
+
+def _kind(obj: Any) -> str:
+    kinds = {_TensorRef: "tensor", _StorageRef: "storage", _StorageType: "storage type"}
+    return kinds.get(type(obj), "function" if callable(obj) else type(obj).__name__)
+
+
+def _unpickle(file: BinaryIO, where: str, storages: dict[str, _StorageRef] | None = None, legacy: bool = False) -> Any:
+    """One pickle from `file` through the restricted unpickler; any failure is one error."""
+    try:
+        return _Unpickler(file, where, storages, legacy).load()
+    except SurgeryError:
+        raise
+    except EOFError as e:
+        raise CorruptFileError("the checkpoint's pickle ends early", where, _FIX) from e
+    except Exception as e:  # noqa: BLE001 - whatever a malformed pickle does, it is a corrupt file
+        detail = f"{type(e).__name__}: {e}" if not isinstance(e, pickle.UnpicklingError) else str(e)
+        raise CorruptFileError(f"cannot read the checkpoint ({detail[:160]})", where, _FIX) from e
 
 
 # -- reading ------------------------------------------------------------------------
@@ -151,18 +248,63 @@ class _Strided(Source):
         self.storage, self.ref = storage, ref
 
     def read_array(self, entry: Entry) -> np.ndarray:
-        base = self.storage.read_array(Entry(entry.name, (self.ref.storage.numel,), entry.dtype, self.storage))
+        dtype = dtypes.get(entry.dtype).numpy()
+        little = dtype.newbyteorder("<") if dtype.itemsize > 1 else dtype  # 1-byte ml_dtypes have no byte order
+        buf = bytearray(self.storage.length)
+        with open(self.storage.path, "rb") as f:
+            f.seek(self.storage.offset)
+            got = f.readinto(buf) if buf else 0
+        if got != self.storage.length:
+            raise CorruptFileError(
+                f"expected {self.storage.length} bytes for tensor {entry.name!r}'s storage but the file gave {got}",
+                str(self.storage.path),
+                "the file is truncated; copy or download it again",
+            )
+        # Stride over opaque items: as_strided rebuilds arrays from typestrs, which ml_dtypes' float8 lack.
+        base = np.frombuffer(buf, dtype=np.dtype((np.void, dtype.itemsize)))
         view = np.lib.stride_tricks.as_strided(
-            base[self.ref.offset :], self.ref.shape, tuple(s * base.itemsize for s in self.ref.stride)
+            base[self.ref.offset :], self.ref.shape, tuple(s * base.itemsize for s in self.ref.stride), writeable=False
         )
-        return np.ascontiguousarray(view)
+        return np.ascontiguousarray(view).view(little).astype(dtype, copy=False)
 
     def paths(self) -> tuple[Path, ...]:
         return self.storage.paths()
 
 
 def load(path: Path, key: str | None = None) -> Tree:
+    """Open a torch.save checkpoint (zip or legacy) lazily, without torch.
+
+    Args:
+        path: the checkpoint.
+        key: the top-level entry that holds the state dict; by default the checkpoint
+            itself when it is one, else the first of CONTAINER_KEYS that is.
+
+    Returns:
+        A tree in the TORCH convention; `surgery.torch_key` in its metadata names the
+        container the state dict came from, and tensors sharing a storage carry the same
+        `torch.storage` attr.
+
+    Raises:
+        UnsafeFileError: a pickle asks for anything but tensors and containers.
+        CorruptFileError: truncated pickles or data, counts that disagree.
+        FormatError: no state dict (or none under `key`).
+    """
     path = Path(path)
+    with open(path, "rb") as f:
+        legacy = _is_legacy(f.read(32))
+    obj, storages = (_read_legacy if legacy else _read_zip)(path)
+    holder, chosen = _state_dict(obj, key, str(path))
+    state = _tensors(holder)
+    entries = [_entry(path, str(name), ref, storages) for name, ref in state.items()]
+    metadata = _surgery_metadata(holder, obj)
+    convention = CONVENTIONS.get(metadata.pop(CONVENTION_KEY, ""), TORCH)
+    if chosen:
+        metadata["surgery.torch_key"] = chosen
+    return Tree(entries, format=NAME, convention=convention, metadata=metadata)
+
+
+def _read_zip(path: Path) -> tuple[Any, dict[str, FileRange]]:
+    """The object in data.pkl, and where each storage's bytes are."""
     where = str(path)
     try:
         with zipfile.ZipFile(path) as z:
@@ -173,70 +315,159 @@ def load(path: Path, key: str | None = None) -> Tree:
             if info.file_size > MAX_PICKLE:
                 raise CorruptFileError(f"data.pkl claims {info.file_size} bytes", where, _FIX)
             prefix = pkl[: -len("data.pkl")]
-            obj = _Unpickler(z.read(pkl), where).load()
+            storages: dict[str, _StorageRef] = {}
+            obj = _unpickle(io.BytesIO(z.read(pkl)), where, storages)
             members = {i.filename: i for i in z.infolist()}
     except zipfile.BadZipFile as e:
-        raise FormatError(
-            "not a torch.save zip archive (the legacy non-zip format is not read yet)",
-            where,
-            "re-save it with a current torch.save, or convert it with torch where you trust the file",
-        ) from e
-    except (EOFError, pickle.UnpicklingError, ValueError, struct.error) as e:
+        raise FormatError("not a torch.save checkpoint (neither a zip archive nor the legacy format)", where, _FIX) from e
+    except (ValueError, struct.error, EOFError) as e:
         raise CorruptFileError(f"cannot read the checkpoint ({e})", where, _FIX) from e
-    state, chosen = _state_dict(obj, key, where)
-    entries = []
     with open(path, "rb") as raw:
-        for name, ref in state.items():
-            entries.append(_entry(path, raw, members, prefix, str(name), ref))
-    metadata = {"surgery.torch_key": chosen} if chosen else {}
-    return Tree(entries, format=NAME, convention=TORCH, metadata=metadata)
+        return obj, {k: _zip_storage(path, raw, members, prefix, ref) for k, ref in storages.items()}
 
 
-def _state_dict(obj: Any, key: str | None, where: str) -> tuple[dict[str, _TensorRef], str]:
-    def tensors(d: Any) -> dict[str, _TensorRef] | None:
-        if not isinstance(d, dict):
-            return None
-        found = {k: v for k, v in d.items() if isinstance(v, _TensorRef)}
-        return found if found or not d else None
-
-    if key is not None:
-        if not isinstance(obj, dict) or key not in obj or tensors(obj[key]) is None:
-            keys = ", ".join(str(k) for k in obj) if isinstance(obj, dict) else "none"
-            raise FormatError(f"no state dict under key {key!r}", where, f"choose one of: {keys}")
-        return tensors(obj[key]), key
-    direct = tensors(obj)
-    if direct:
-        return direct, ""
-    if isinstance(obj, dict):
-        for k in CONTAINER_KEYS:
-            if k in obj and tensors(obj[k]):
-                return tensors(obj[k]), k
-    raise FormatError("no state dict of tensors found in the checkpoint", where, "pass --key NAME for the entry that holds it")
-
-
-def _entry(path: Path, raw: Any, members: dict, prefix: str, name: str, ref: _TensorRef) -> Entry:
+def _zip_storage(path: Path, raw: BinaryIO, members: dict, prefix: str, ref: _StorageRef) -> FileRange:
     where = str(path)
-    member = members.get(f"{prefix}data/{ref.storage.key}")
+    member = members.get(f"{prefix}data/{ref.key}")
     if member is None:
-        raise CorruptFileError(f"tensor {name!r} points at storage {ref.storage.key!r}, which is missing", where, _FIX)
+        raise CorruptFileError(f"storage {ref.key!r} is missing from the archive", where, _FIX)
     if member.compress_type != zipfile.ZIP_STORED:
-        raise FormatError(f"storage {ref.storage.key!r} is compressed", where, "re-save with torch.save, which stores tensors uncompressed")
-    dtype = dtypes.get(ref.storage.dtype)
-    length = dtype.nbytes(ref.storage.numel)
+        raise FormatError(f"storage {ref.key!r} is compressed", where, "re-save with torch.save, which stores tensors uncompressed")
+    length = dtypes.get(ref.dtype).nbytes(ref.numel)
     if member.file_size != length:
-        raise CorruptFileError(f"storage {ref.storage.key!r} holds {member.file_size} bytes but its header says {length}", where, _FIX)
+        raise CorruptFileError(f"storage {ref.key!r} holds {member.file_size} bytes but its header says {length}", where, _FIX)
     raw.seek(member.header_offset)
     local = raw.read(30)
     if len(local) < 30 or local[:4] != b"PK\x03\x04":
-        raise CorruptFileError(f"storage {ref.storage.key!r} has no local zip header", where, _FIX)
+        raise CorruptFileError(f"storage {ref.key!r} has no local zip header", where, _FIX)
     name_len, extra_len = struct.unpack("<HH", local[26:30])
-    start = member.header_offset + 30 + name_len + extra_len
-    storage = FileRange(path, start, length)
+    return FileRange(path, member.header_offset + 30 + name_len + extra_len, length)
+
+
+class _Bounded(io.RawIOBase):
+    """A file's bytes from its current position, never more than `limit` in all.
+
+    The pickles are read straight from the file; no pickle can make us allocate or read
+    more than the file holds, however large a length it claims.
+    """
+
+    def __init__(self, f: BinaryIO, limit: int) -> None:
+        self.f, self.left = f, limit
+
+    def read(self, n: int = -1) -> bytes:
+        n = self.left if n is None or n < 0 else min(n, self.left)
+        data = self.f.read(n)
+        self.left -= len(data)
+        return data
+
+    def readline(self, size: int | None = -1) -> bytes:
+        n = self.left if size is None or size < 0 else min(size, self.left)
+        line = self.f.readline(n)
+        self.left -= len(line)
+        return line
+
+
+def _read_legacy(path: Path) -> tuple[Any, dict[str, FileRange]]:
+    """Walk the legacy layout once: the five pickles, then each storage's count and place."""
+    where = str(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        pickles = _Bounded(f, min(size, MAX_PICKLE))
+        _legacy_header(pickles, where)
+        storages: dict[str, _StorageRef] = {}
+        obj = _unpickle(pickles, where, storages, legacy=True)
+        keys = _unpickle(pickles, where)
+        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+            raise CorruptFileError("the storage key list is not a list of names", where, _FIX)
+        return obj, _legacy_storages(path, f, size, keys, storages)
+
+
+def _legacy_header(pickles: _Bounded, where: str) -> None:
+    if _unpickle(pickles, where) != LEGACY_MAGIC:
+        raise FormatError("not a torch.save checkpoint (bad magic number)", where, _FIX)
+    protocol = _unpickle(pickles, where)
+    if protocol != LEGACY_PROTOCOL:
+        raise FormatError(f"legacy torch.save protocol {str(protocol)[:30]}, expected {LEGACY_PROTOCOL}", where, _FIX)
+    if not isinstance(_unpickle(pickles, where), dict):
+        raise CorruptFileError("the legacy sys_info is not a dict", where, _FIX)
+
+
+def _legacy_storages(path: Path, f: BinaryIO, size: int, keys: list[str], storages: dict[str, _StorageRef]) -> dict[str, FileRange]:
+    """Each storage: an 8-byte little-endian element count, then its bytes; checked, not read."""
+    where = str(path)
+    if len(set(keys)) != len(keys):
+        raise CorruptFileError("the storage key list names a storage twice", where, _FIX)
+    missing = sorted(set(storages) - set(keys))
+    if missing:
+        raise CorruptFileError(f"storage {missing[0]!r} has no data in the file", where, _FIX)
+    found: dict[str, FileRange] = {}
+    offset = f.tell()
+    for key in keys:
+        ref = storages.get(key)
+        if ref is None:
+            raise CorruptFileError(f"the storage key list names {key[:40]!r}, which no tensor uses", where, _FIX)
+        if offset + 8 > size:
+            raise CorruptFileError(f"the file ends before storage {key!r} (at byte {offset} of {size})", where, _TRUNCATED)
+        f.seek(offset)
+        (count,) = struct.unpack("<q", f.read(8))
+        if count != ref.numel:
+            raise CorruptFileError(f"storage {key!r} holds {count} elements in the file but its header says {ref.numel}", where, _FIX)
+        length = dtypes.get(ref.dtype).nbytes(count)
+        if offset + 8 + length > size:
+            raise CorruptFileError(f"storage {key!r} needs {length} bytes at byte {offset + 8} but the file has {size}", where, _TRUNCATED)
+        found[key] = FileRange(path, offset + 8, length)
+        offset += 8 + length
+    return found
+
+
+def _tensors(d: Any) -> dict[str, _TensorRef] | None:
+    if not isinstance(d, dict):
+        return None
+    found = {k: v for k, v in d.items() if isinstance(v, _TensorRef)}
+    return found if found or not d else None
+
+
+def _state_dict(obj: Any, key: str | None, where: str) -> tuple[dict, str]:
+    """The dict that holds the tensors, and the container key it was under ("" for the top)."""
+    if key is not None:
+        if not isinstance(obj, dict) or key not in obj or _tensors(obj[key]) is None:
+            keys = ", ".join(str(k) for k in obj) if isinstance(obj, dict) else "none"
+            raise FormatError(f"no state dict under key {key!r}", where, f"choose one of: {keys}")
+        return obj[key], key
+    if _tensors(obj):
+        return obj, ""
+    if isinstance(obj, dict):
+        for k in CONTAINER_KEYS:
+            if k in obj and _tensors(obj[k]):
+                return obj[k], k
+    raise FormatError("no state dict of tensors found in the checkpoint", where, "pass --key NAME for the entry that holds it")
+
+
+def _surgery_metadata(*holders: Any) -> dict[str, str]:
+    """Our writer's metadata: `_metadata["__surgery__"]` on the state dict, else on its container."""
+    for holder in holders:
+        if type(holder) is not collections.OrderedDict:
+            continue
+        versions = holder.__dict__.get("_metadata")
+        found = versions.get(SURGERY_METADATA) if isinstance(versions, dict) else None
+        if isinstance(found, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in found.items()):
+            return dict(found)
+    return {}
+
+
+def _entry(path: Path, name: str, ref: _TensorRef, storages: dict[str, FileRange]) -> Entry:
+    where = str(path)
+    root = storages[ref.storage.key]
+    dtype = dtypes.get(ref.storage.dtype)
+    # A storage view (legacy) starts `start` elements into its root storage.
+    storage = FileRange(path, root.offset + dtype.nbytes(ref.storage.start), dtype.nbytes(ref.storage.numel))
     numel = math.prod(ref.shape)
-    if any(n < 0 for n in ref.shape) or ref.offset < 0 or (numel and ref.offset + _span(ref) > ref.storage.numel):
+    if any(n < 0 for n in ref.shape) or any(s < 0 for s in ref.stride) or len(ref.stride) != len(ref.shape) or ref.offset < 0:
+        raise CorruptFileError(f"tensor {name!r} has a negative size, stride or offset", where, _FIX)
+    if numel and ref.offset + _span(ref) > ref.storage.numel:
         raise CorruptFileError(f"tensor {name!r} reaches past its storage", where, _FIX)
     if _contiguous(ref):
-        source: Source = FileRange(path, start + dtype.nbytes(ref.offset), dtype.nbytes(numel))
+        source: Source = FileRange(path, storage.offset + dtype.nbytes(ref.offset), dtype.nbytes(numel))
     else:
         source = _Strided(storage, ref)
     return Entry(name, ref.shape, dtype.name, source, {"torch.storage": ref.storage.key})
@@ -253,3 +484,5 @@ def _contiguous(ref: _TensorRef) -> bool:
             return False
         expected *= n
     return True
+# @@ section: save @@
+from .torch_writer import check_writable, save  # noqa: E402,F401
