@@ -96,17 +96,9 @@ def name_options(f: Callable) -> Callable:
 
 def _apply_name_options(tree, strip_prefix: str | None, drop: tuple[str, ...], keep: tuple[str, ...]) -> tuple[Any, list]:
     """--strip-prefix first, then --keep and --drop (globs see the stripped names); returns (tree, reports)."""
-    from .ops.names import select
-    from .ops.names import strip_prefix as strip
+    from .ops.names import apply_names
 
-    reports = []
-    if strip_prefix is not None:
-        tree, report = strip(tree, strip_prefix)
-        reports.append(report)
-    if keep or drop:
-        tree, report = select(tree, keep=keep, drop=drop)
-        reports.append(report)
-    return tree, reports
+    return apply_names(tree, strip=strip_prefix, keep=keep, drop=drop)
 
 
 def _progress(label: str, total: int, quiet: bool):
@@ -627,15 +619,12 @@ def rename(src: Path, output: Path, force: bool, dry_run: bool, rules: tuple[str
     """
     from .errors import OperationError
     from .io import check_output, load, save
-    from .ops.names import rename as rename_tree
+    from .ops.names import apply_names
 
     parsed = _parse_rules(rules)
     if not (parsed or strip_prefix is not None or keep or drop):
         raise OperationError("nothing to rename", "rename", "give --map REGEX=REPL, --strip-prefix, --keep or --drop")
-    tree, reports = _apply_name_options(load(src), strip_prefix, drop, keep)
-    if parsed:
-        tree, report = rename_tree(tree, parsed)
-        reports.append(report)
+    tree, reports = apply_names(load(src), strip=strip_prefix, keep=keep, drop=drop, rules=parsed)
     fmt = check_output(tree, output, force=force)
     document = {"input": str(src), "output": str(output), "format": fmt, "dry_run": dry_run, "tensors": len(tree),
                 **_name_summary(reports), "notes": [n for r in reports for n in r.notes]}

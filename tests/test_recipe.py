@@ -110,3 +110,20 @@ def test_head_and_layer_steps_equal_their_commands(tmp_path, fixtures_dir):
         assert result.exit_code == 0, (command, result.stderr)
     assert tensor_bytes(out) == tensor_bytes(d)
     assert [s["op"] for s in provenance.history(surgery.load(out))] == ["reinit", "truncate", "adapt-input", "strip-head"]
+
+
+def test_layout_and_name_steps_equal_their_commands(tmp_path, fixtures_dir):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(
+        "[[steps]]\nop = 'convert-layout'\nlayout = 'torch'\n"
+        "[[steps]]\nop = 'rename'\nmap = ['^conv(\\d)_(\\d)\\.=block\\1.conv\\2.']\ndrop = ['*_mbox_*']\n"
+    )
+    src = fixtures_dir / SSD
+    out = tmp_path / "out.pt"
+    assert run("apply", recipe, src, "-o", out, "-q").exit_code == 0
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.pt"
+    assert run("convert", src, "-o", a, "--layout", "torch", "-q").exit_code == 0
+    result = run("rename", a, "-o", b, "--drop", "*_mbox_*", "--map", r"^conv(\d)_(\d)\.=block\1.conv\2.", "-q")
+    assert result.exit_code == 0, result.stderr
+    assert tensor_bytes(out) == tensor_bytes(b)
+    assert list(surgery.load(out))[:2] == ["block1.conv1.weight", "block1.conv1.bias"]

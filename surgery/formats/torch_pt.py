@@ -150,6 +150,8 @@ _ALLOWED: dict[tuple[str, str], Any] = {
     **{("torch", storage): _StorageType(dtype) for storage, dtype in _STORAGES.items()},
     # dtype objects, as _rebuild_tensor_v3 names them
     **{("torch", name): _StorageType(name) for name in set(_STORAGES.values())},
+    # dtypes torch saves only as untyped storages (they have no typed storage class)
+    **{("torch", name): _StorageType(name) for name in ("float8_e4m3fnuz", "float8_e5m2fnuz", "float8_e8m0fnu")},
 }
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from .cast import cast_floating
 from .classes import plan_classes, resample_classes
 from .freeze import FreezeMap, freeze_map
+from .layout import convert_layout
 from .names import parse_rule, rename, select, strip_prefix
 from .reinit import adapt_input, reinit
 from .strip import HeadMatch, detect_head, strip_head, truncate
@@ -30,4 +31,5 @@ __all__ = [
     "select",
     "parse_rule",
     "transplant",
+    "convert_layout",
 ]

@@ -30,7 +30,7 @@ from ..provenance import record
 from ..report import Report
 from ..tree import Entry, Tree
 
-__all__ = ["rename", "strip_prefix", "select", "parse_rule", "apply_rules"]
+__all__ = ["rename", "strip_prefix", "select", "apply_names", "parse_rule", "apply_rules"]
 
 _INSPECT = "list the names with `surgery inspect`"
 _RULE_FIX = "write REGEX=REPL, e.g. 'module\\.(.*)=\\1'; a literal '=' in the regex is written \\="
@@ -245,3 +245,29 @@ def _follow_keras_layers(old: Tree, new: Tree, report: Report) -> None:
             "Keras 3 .weights.h5: the datasets keep their places (layers/<key>/vars/<i>); "
             "Keras loads them by model structure, so the new names show in surgery only"
         )
+
+
+def apply_names(
+    tree: Tree,
+    *,
+    strip: str | None = None,
+    keep: Sequence[str] = (),
+    drop: Sequence[str] = (),
+    rules: Sequence[tuple[str, str]] = (),
+) -> tuple[Tree, list[Report]]:
+    """The name options in their one order: strip the prefix, then keep/drop, then the rules.
+
+    Globs and rules see the names as the earlier steps left them. Returns one report per
+    step that ran, so a command can say what each did.
+    """
+    reports: list[Report] = []
+    if strip is not None:
+        tree, report = strip_prefix(tree, strip)
+        reports.append(report)
+    if keep or drop:
+        tree, report = select(tree, keep=keep, drop=drop)
+        reports.append(report)
+    if rules:
+        tree, report = rename(tree, rules)
+        reports.append(report)
+    return tree, reports

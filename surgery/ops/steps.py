@@ -100,6 +100,27 @@ def adapt_input(tree: Tree, *, channels: int, layer=None, layout=None) -> Result
     return run(tree, channels, layer=layer, layout=layout)
 
 
+def rename(tree: Tree, *, map=(), strip_prefix=None, keep=(), drop=()) -> Result:
+    """Strip a prefix, keep or drop by glob, then apply the REGEX=REPL rules, as `surgery rename` does."""
+    from .names import apply_names, parse_rule
+
+    rules = [parse_rule(r) if isinstance(r, str) else (r[0], r[1]) for r in _list(map)]
+    tree, reports = apply_names(tree, strip=strip_prefix, keep=_list(keep), drop=_list(drop), rules=rules)
+    report = Report("rename")
+    for step in reports:
+        report.changes.extend(step.changes)
+        report.notes.extend(step.notes)
+    return tree, report
+
+
+def convert_layout(tree: Tree, *, layout: str, flatten_shape=(), rules=(), transposed=(), depthwise=(), from_layout=None) -> Result:
+    from .layout import convert_layout as run, parse_flatten_shape
+
+    shapes = dict(parse_flatten_shape(s) for s in _list(flatten_shape))
+    pairs = [tuple(r) for r in rules] if rules else None
+    return run(tree, layout, flatten_shapes=shapes, rules=pairs, transposed=_list(transposed), depthwise=_list(depthwise), source=from_layout)
+
+
 def _list(value: Any) -> list[str]:
     """A repeatable flag: one string or a list of them."""
     if value is None:
@@ -120,6 +141,8 @@ STEPS: dict[str, Callable[..., Result]] = _registry(
     ("subsample", subsample),
     ("upsample", upsample),
     ("cast", cast),
+    ("rename", rename),
+    ("convert-layout", convert_layout),
     ("strip-head", strip_head),
     ("truncate", truncate),
     ("reinit", reinit),
