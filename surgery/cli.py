@@ -130,7 +130,7 @@ def main() -> None:
 
     \b
     Formats: safetensors (single or sharded), npz, Keras HDF5 (.h5, .weights.h5),
-    PyTorch zip checkpoints (.pt, .pth, .bin; read only, no code runs).
+    PyTorch checkpoints (.pt, .pth, .bin; zip and legacy; no code runs).
     Start with:  surgery inspect MODEL
     """
 
@@ -324,7 +324,6 @@ def _print_convert_summary(summary: dict, dtype: str | None) -> None:
 
 
 # -- convert --layout: Keras <-> PyTorch axes and names --------------------------------
-# @@ section: layout @@ (layout_options sits above `convert`, which uses it)
 
 
 def _apply_layout(tree, layout: str | None, from_layout: str | None, flatten_shapes: tuple[str, ...], rules_file: Path | None, transposed: tuple[str, ...], depthwise: tuple[str, ...]):
@@ -555,7 +554,6 @@ def verify(original: Path, edited: Path, as_json: bool, **class_args: Any) -> No
 
 
 # -- names: rename, transplant ------------------------------------------------------
-# @@ section: names @@
 
 _LISTED = 20  # names listed per kind in text output; --json lists all
 
@@ -742,7 +740,6 @@ def _print_transplant(document: dict) -> None:
     click.echo(f"{verb} {document['output']} ({document['format']})")
 
 # -- head and layer surgery: strip-head, truncate ------------------------------------
-# @@ section: strip @@
 
 
 def _layer_command(kind: str, src: Path, output: Path, force: bool, dry_run: bool, as_json: bool, quiet: bool, edit: Callable) -> None:
@@ -831,7 +828,6 @@ def truncate(src: Path, output: Path, force: bool, dry_run: bool, after: str, as
     _layer_command("truncate", src, output, force, dry_run, as_json, quiet, lambda tree: cut(tree, after))
 
 # -- re-initialisation: reinit, adapt-input -------------------------------------------
-# @@ section: reinit @@
 
 
 def _write_reinit(label: str, src: Path, edited, report, output: Path, force: bool, dry_run: bool, quiet: bool) -> dict:
@@ -938,7 +934,6 @@ def adapt_input(src: Path, output: Path, force: bool, dry_run: bool, channels: i
         click.echo(f"{verb} {output} ({document['format']}). Build the model with {channels} input channel{'s' if channels != 1 else ''}.")
 
 # -- freeze maps ---------------------------------------------------------------------
-# @@ section: freeze @@
 
 
 class LrMultType(click.ParamType):
@@ -1055,7 +1050,6 @@ def _print_freeze(report, output: Path, dry_run: bool) -> None:
     click.echo(f"{'would write' if dry_run else 'wrote'} {output}")
 
 # -- recipe files: apply ---------------------------------------------------------------
-# @@ section: apply @@
 
 
 @main.command()

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 __all__: list[str] = []
 
-# @@ section: freeze @@
 
 __all__ += ["apply_freeze_map"]
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 __all__: list[str] = []
 
-# @@ section: state-dict @@
+# -- state dicts ------------------------------------------------------------------
 
 __all__ += ["to_state_dict", "from_state_dict"]
 
@@ -143,7 +143,7 @@ def _numpy_of(name, tensor):
     raw = contiguous.reshape(-1).view(torch.uint8) if contiguous.dim() else contiguous.reshape(1).view(torch.uint8)
     return raw.numpy().view(target).reshape(tuple(tensor.shape))
 
-# @@ section: freeze @@
+# -- freeze maps --------------------------------------------------------------------
 
 __all__ += ["apply_freeze_map"]
 

@@ -17,7 +17,7 @@ is no fallback to a full unpickler and no flag that enables one.
 
 Tensor data is never unpickled: each entry points at its bytes inside the file, so
 inspecting or converting reads only what it needs. Every count and offset is checked
-against the file's size before anything is read.
+against the file's size before anything is read. Writing is `torch_writer`'s.
 """
 
 from __future__ import annotations
@@ -486,5 +486,7 @@ def _contiguous(ref: _TensorRef) -> bool:
             return False
         expected *= n
     return True
-# @@ section: save @@
+
+
+# Writing needs no reader state; it lives in its own module.
 from .torch_writer import check_writable, save  # noqa: E402,F401
