@@ -107,6 +107,24 @@ def _progress(label: str, total: int, quiet: bool):
     return Progress(label, total, enabled=not quiet)
 
 
+def _write(label: str, tree, output: Path, fmt: str, *, force: bool, dry_run: bool, quiet: bool, shard_size: int | None = None) -> None:
+    """Save `tree` atomically with a progress bar, unless this is a dry run."""
+    if dry_run:
+        return
+    from .io import save
+
+    with _progress(label, tree.total_bytes, quiet) as progress:
+        save(tree, output, fmt, force=force, shard_size=shard_size, progress=progress)
+
+
+def _report(document: dict, as_json: bool, quiet: bool, printer: Callable[[dict], None]) -> None:
+    """A command's result: the JSON document, or its text form, or nothing with --quiet."""
+    if as_json:
+        _emit_json(document)
+    elif not quiet:
+        printer(document)
+
+
 def _emit_json(document: dict) -> None:
     click.echo(json.dumps(document, indent=2, ensure_ascii=False))
 
@@ -267,7 +285,7 @@ def convert(
       surgery convert model.h5 -o model.safetensors --layout torch --flatten-shape dense=7,7,64
       surgery convert model.safetensors -o model.h5 --layout keras --rules names.json
     """
-    from .io import check_output, load, save
+    from .io import check_output, load
     from .ops import cast_floating
 
     tree = load(src, key=key)
@@ -290,9 +308,7 @@ def convert(
     }
     if layout_report is not None:
         summary["layout"] = layout_report.to_json()
-    if not dry_run:
-        with _progress("converting", tree.total_bytes, quiet or as_json) as progress:
-            save(tree, output, fmt, force=force, shard_size=shard_size, progress=progress)
+    _write("converting", tree, output, fmt, force=force, dry_run=dry_run, quiet=quiet or as_json, shard_size=shard_size)
     if as_json:
         _emit_json(summary)
     elif not quiet:
@@ -419,7 +435,7 @@ def _plan(tree, classes, num_classes, seed, layer_globs, layout, source_classes,
 
 def _class_command(kind: str, src: Path, output: Path, force: bool, dry_run: bool, as_json: bool, quiet: bool, verify_after: bool, init: str, **class_args: Any) -> None:
     from .errors import OperationError
-    from .io import check_output, load, save
+    from .io import check_output, load
     from .ops.classes import apply_plan, verify
     from .tree import DROPPED_ON_READ
 
@@ -437,9 +453,7 @@ def _class_command(kind: str, src: Path, output: Path, force: bool, dry_run: boo
     if DROPPED_ON_READ in tree.format_state:
         report.notes.append(f"dropped {tree.format_state[DROPPED_ON_READ]}")
     fmt = check_output(edited, output, force=force)
-    if not dry_run:
-        with _progress(kind, edited.total_bytes, quiet or as_json) as progress:
-            save(edited, output, fmt, force=force, progress=progress)
+    _write(kind, edited, output, fmt, force=force, dry_run=dry_run, quiet=quiet or as_json)
     checks = verify(tree, edited if dry_run else load(output), plan) if verify_after else None
     document = {"input": str(src), "output": str(output), "format": fmt, "dry_run": dry_run, **plan.to_json(tree)}
     document["notes"] = report.notes
@@ -616,7 +630,7 @@ def rename(src: Path, output: Path, force: bool, dry_run: bool, rules: tuple[str
       surgery rename model.safetensors -o body.safetensors --drop 'head.*' --drop '*.num_batches_tracked'
     """
     from .errors import OperationError
-    from .io import check_output, load, save
+    from .io import check_output, load
     from .ops.names import apply_names
 
     parsed = _parse_rules(rules)
@@ -626,13 +640,8 @@ def rename(src: Path, output: Path, force: bool, dry_run: bool, rules: tuple[str
     fmt = check_output(tree, output, force=force)
     document = {"input": str(src), "output": str(output), "format": fmt, "dry_run": dry_run, "tensors": len(tree),
                 **_name_summary(reports), "notes": [n for r in reports for n in r.notes]}
-    if not dry_run:
-        with _progress("renaming", tree.total_bytes, quiet or as_json) as progress:
-            save(tree, output, fmt, force=force, progress=progress)
-    if as_json:
-        _emit_json(document)
-    elif not quiet:
-        _print_rename(document)
+    _write("renaming", tree, output, fmt, force=force, dry_run=dry_run, quiet=quiet or as_json)
+    _report(document, as_json, quiet, _print_rename)
 
 
 def _print_rename(document: dict) -> None:
@@ -676,7 +685,7 @@ def transplant(pretrained: Path, target: Path, output: Path, force: bool, dry_ru
       surgery transplant keras.h5 torch_init.safetensors -o start.safetensors --strict
     """
     from .atomic import check_destination
-    from .io import check_output, load, save
+    from .io import check_output, load
     from .ops.names import strip_prefix as strip
     from .ops.transplant import transplant as transplant_trees
 
@@ -693,13 +702,8 @@ def transplant(pretrained: Path, target: Path, output: Path, force: bool, dry_ru
     fmt = check_output(tree, output, force=force)
     document = {"pretrained": str(pretrained), "target": str(target), "output": str(output), "format": fmt,
                 "dry_run": dry_run, **_transplant_summary(report)}
-    if not dry_run:
-        with _progress("transplanting", tree.total_bytes, quiet or as_json) as progress:
-            save(tree, output, fmt, force=force, progress=progress)
-    if as_json:
-        _emit_json(document)
-    elif not quiet:
-        _print_transplant(document)
+    _write("transplanting", tree, output, fmt, force=force, dry_run=dry_run, quiet=quiet or as_json)
+    _report(document, as_json, quiet, _print_transplant)
 
 
 def _parse_flatten_shapes(texts: tuple[str, ...]) -> dict | None:
@@ -744,21 +748,16 @@ def _print_transplant(document: dict) -> None:
 
 def _layer_command(kind: str, src: Path, output: Path, force: bool, dry_run: bool, as_json: bool, quiet: bool, edit: Callable) -> None:
     """Shared by strip-head and truncate: load, edit, check the output, write unless --dry-run, report."""
-    from .io import check_output, load, save
+    from .io import check_output, load
 
     tree = load(src)
     edited, report = edit(tree)
     fmt = check_output(edited, output, force=force)
-    if not dry_run:
-        with _progress(kind, edited.total_bytes, quiet or as_json) as progress:
-            save(edited, output, fmt, force=force, progress=progress)
+    _write(kind, edited, output, fmt, force=force, dry_run=dry_run, quiet=quiet or as_json)
     removed = [{"name": c.name, "was": c.before} for c in report.changes if c.kind == "dropped"]
     document = {"input": str(src), "output": str(output), "format": fmt, "dry_run": dry_run, **report.facts}
     document.update({"removed_tensors": removed, "notes": report.notes})
-    if as_json:
-        _emit_json(document)
-    elif not quiet:
-        _print_layer_edit(document)
+    _report(document, as_json, quiet, _print_layer_edit)
 
 
 def _print_layer_edit(document: dict) -> None:
@@ -832,12 +831,10 @@ def truncate(src: Path, output: Path, force: bool, dry_run: bool, after: str, as
 
 def _write_reinit(label: str, src: Path, edited, report, output: Path, force: bool, dry_run: bool, quiet: bool) -> dict:
     """check_output, then save unless dry-running; the shared start of reinit and adapt-input's document."""
-    from .io import check_output, save
+    from .io import check_output
 
     fmt = check_output(edited, output, force=force)
-    if not dry_run:
-        with _progress(label, edited.total_bytes, quiet) as progress:
-            save(edited, output, fmt, force=force, progress=progress)
+    _write(label, edited, output, fmt, force=force, dry_run=dry_run, quiet=quiet)
     return {"input": str(src), "output": str(output), "format": fmt, "dry_run": dry_run, "notes": list(report.notes)}
 
 
@@ -1084,16 +1081,14 @@ def apply(recipe: Path, src: Path, output: Path, force: bool, dry_run: bool, as_
       surgery apply road.toml ssd300_coco.h5 -o ssd300_road.h5 --dry-run
       surgery apply road.toml ssd300_coco.h5 -o ssd300_road.h5
     """
-    from .io import check_output, load, save
+    from .io import check_output, load
     from .recipe import load_recipe, run_recipe
 
     steps = load_recipe(recipe)
     tree = load(src)
     edited, reports = run_recipe(tree, steps)
     fmt = check_output(edited, output, force=force)
-    if not dry_run:
-        with _progress("applying", edited.total_bytes, quiet or as_json) as progress:
-            save(edited, output, fmt, force=force, progress=progress)
+    _write("applying", edited, output, fmt, force=force, dry_run=dry_run, quiet=quiet or as_json)
     document = {
         "recipe": str(recipe),
         "input": str(src),
@@ -1104,10 +1099,7 @@ def apply(recipe: Path, src: Path, output: Path, force: bool, dry_run: bool, as_
         "tensors": len(edited),
         "total_bytes": edited.total_bytes,
     }
-    if as_json:
-        _emit_json(document)
-    elif not quiet:
-        _print_recipe(document)
+    _report(document, as_json, quiet, _print_recipe)
 
 
 def _print_recipe(document: dict) -> None:

@@ -133,7 +133,6 @@ def _dtype_name(name, tensor) -> str:
 
 def _numpy_of(name, tensor):
     """The tensor's values as a numpy array of the matching (ml_dtypes) dtype, sharing memory when it can."""
-    import numpy as np
     import torch
 
     from . import dtypes

@@ -213,3 +213,24 @@ def test_writing_torch_gives_what_torch_load_reads_back(tmp_path):
     assert torch.equal(out["w"], sd["w"]) and torch.equal(out["n"], sd["n"])
     assert out["tied"].untyped_storage().data_ptr() == out["w"].untyped_storage().data_ptr()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt", "out.pt"]
+
+
+def test_pickle_extension_codes_are_refused_even_when_registered(tmp_path):
+    """copyreg's extension registry is process-wide: a registered code must not reach os.system."""
+    import copyreg
+    import os
+
+    canary = tmp_path / "canary"
+    copyreg.add_extension("os", "system", 0xF0)
+    try:
+        pickled = b"\x80\x02" + pickle.EXT1 + b"\xf0" + pickle.BINUNICODE + len(f"touch {canary}").to_bytes(4, "little") + f"touch {canary}".encode() + pickle.TUPLE1 + pickle.REDUCE + pickle.STOP
+        path = tmp_path / "evil.pt"
+        _zip_checkpoint(path, pickled)
+        line = error_line(run("inspect", path))
+    finally:
+        copyreg.remove_extension("os", "system", 0xF0)
+    assert line == (
+        f"error: the checkpoint names a global by a pickle extension code, which state dicts never use ({path}); "
+        "surgery reads only tensors and plain containers; re-save with torch.save(model.state_dict(), path)"
+    )
+    assert not canary.exists() and os.path.exists(tmp_path)

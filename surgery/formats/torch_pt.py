@@ -215,6 +215,15 @@ class _Unpickler(pickle._Unpickler):  # the Python unpickler: its opcodes can be
 
     dispatch[pickle.BUILD[0]] = _build
 
+    def _extension(self) -> None:
+        # EXT opcodes name a global through copyreg's process-wide registry, which other code
+        # may fill; torch never writes them, so no lookup is made at all.
+        raise UnsafeFileError("the checkpoint names a global by a pickle extension code, which state dicts never use", self.where, _UNSAFE_FIX)
+
+    for _opcode in (pickle.EXT1, pickle.EXT2, pickle.EXT4):
+        dispatch[_opcode[0]] = _extension
+    del _opcode
+
 
 def _count(value: Any, what: str) -> int:
     if type(value) is not int or value < 0:
