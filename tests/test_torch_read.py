@@ -201,6 +201,15 @@ def test_truncated_zip_is_a_clear_error(tmp_path):
     assert line.startswith("error: ") and "Traceback" not in line
 
 
+def test_a_dtype_surgery_lacks_is_refused_by_name(tmp_path):
+    path = tmp_path / "c.pt"
+    torch.save({"ok": torch.ones(2), "c": torch.zeros(2, dtype=torch.complex128)}, path)
+    assert error_line(run("inspect", path)) == (
+        f"error: the checkpoint holds complex128 tensors, which surgery does not support ({path}); "
+        "convert or remove those tensors in torch first (complex128 can become complex64)"
+    )
+
+
 def test_writing_torch_gives_what_torch_load_reads_back(tmp_path):
     src = tmp_path / "m.pt"
     sd = {"w": torch.randn(2, 3), "tied": None, "n": torch.tensor(4)}
