@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
@@ -90,17 +89,6 @@ def test_packed_dtypes_are_not_cast():
     )
 
 
-def test_layouts_that_differ_need_the_layout_module(monkeypatch):
-    pre = Tree([Entry.from_array("fc/kernel", np.zeros((3, 2), "float32"))], convention=KERAS)
-    target = Tree([Entry.from_array("fc.weight", np.zeros((2, 3), "float32"))], convention=TORCH)
-    monkeypatch.setitem(sys.modules, "surgery.ops.layout", None)
-    with pytest.raises(OperationError) as e:
-        transplant(pre, target)
-    assert str(e.value) == (
-        "PRETRAINED is in keras layout and TARGET in torch layout (transplant); convert PRETRAINED to torch layout first"
-    )
-
-
 def test_an_unknown_layout_is_not_guessed():
     pre = Tree([Entry.from_array("fc/kernel", np.zeros((3, 2), "float32"))], convention=KERAS)
     target = Tree([Entry.from_array("fc.weight", np.zeros((2, 3), "float32"))])
@@ -112,7 +100,6 @@ def test_an_unknown_layout_is_not_guessed():
 
 
 def test_layouts_that_differ_are_converted():
-    pytest.importorskip("surgery.ops.layout")
     kernel = np.arange(6, dtype="float32").reshape(3, 2)
     pre = Tree([Entry.from_array("fc/kernel", kernel)], convention=KERAS)
     target = Tree([Entry.from_array("fc.weight", np.zeros((2, 3), "float32"))], convention=TORCH)
@@ -284,9 +271,6 @@ class TorchTwin(torch.nn.Module):
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
 def test_keras_h5_into_a_fresh_torch_target_converts_the_layout(tmp_path, suffix):
-    pytest.importorskip("surgery.ops.layout")
-    if suffix == ".pt" and not hasattr(surgery.formats.module("torch"), "save"):
-        pytest.skip("the torch .pt writer is not there yet")
     from safetensors.torch import save_file
 
     pre = keras_net(5, 0)

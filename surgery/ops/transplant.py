@@ -90,16 +90,8 @@ def _same_layout(pretrained: Tree, target: Tree, report: Report, flatten_shapes)
             f"if both are one framework's weights, convert {known_side} with `surgery convert --layout` first"
         )
         return pretrained
-    try:
-        from .layout import convert_layout
-    except ModuleNotFoundError as e:
-        if e.name != f"{__package__}.layout":
-            raise
-        raise OperationError(
-            f"PRETRAINED is in {pretrained.convention} layout and TARGET in {target.convention} layout",
-            "transplant",
-            f"convert PRETRAINED to {target.convention} layout first",
-        ) from e
+    from .layout import convert_layout
+
     converted, layout_report = convert_layout(pretrained, target.convention.name, flatten_shapes=flatten_shapes)
     kinds = [c.kind for c in layout_report.changes]
     counts = ", ".join(f"{kinds.count(kind)} {kind}" for kind in dict.fromkeys(kinds)) or "nothing changed"
