@@ -51,6 +51,16 @@ def remove(path: Path) -> None:
         path.unlink()
 
 
+def warm(path: Path) -> None:
+    """Read a file, or every file under a folder, once, so the page cache holds it for every run alike."""
+    files = sorted(path.rglob("*")) if path.is_dir() else [path]
+    for p in files:
+        if p.is_file():
+            with open(p, "rb") as f:
+                while f.read(64 << 20):
+                    pass
+
+
 def surgery_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "surgery", *args]
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import subprocess
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import best_of, mib, remove, surgery_argv  # noqa: E402
+from _measure import best_of, mib, remove, surgery_argv, warm  # noqa: E402
 
 MiB = 1 << 20
 LARGEST = 256 * MiB
@@ -57,15 +57,6 @@ def generate(folder: Path, total: int) -> None:
         used += nbytes
         i += 1
     surgery.save(Tree(entries, metadata={"format": "pt"}), folder, shard_size=1 << 30)
-
-
-def warm(path: Path) -> None:
-    files = sorted(path.rglob("*")) if path.is_dir() else [path]
-    for p in files:
-        if p.is_file():
-            with open(p, "rb") as f:
-                while f.read(64 * MiB):
-                    pass
 
 
 def digest(tree) -> dict[str, str]:

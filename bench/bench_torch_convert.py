@@ -37,7 +37,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import mib, remove, run_measured, surgery_argv  # noqa: E402
+from _measure import mib, remove, run_measured, surgery_argv, warm  # noqa: E402
 
 MiB = 1 << 20
 LARGEST = 256 * MiB
@@ -70,12 +70,6 @@ def generate(path: Path, large: int) -> None:
     state["head.weight"] = normal(2000, (1000, 1024))
     state["steps"] = torch.tensor(123456789, dtype=torch.int64)
     torch.save(state, path)
-
-
-def warm(path: Path) -> None:
-    with open(path, "rb") as f:
-        while f.read(64 * MiB):
-            pass
 
 
 def drop_caches() -> None:

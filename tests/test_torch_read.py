@@ -210,6 +210,25 @@ def test_a_dtype_surgery_lacks_is_refused_by_name(tmp_path):
     )
 
 
+def test_a_dtype_surgery_lacks_is_refused_by_name_in_an_untyped_storage(tmp_path):
+    # Newer torch names the dtype beside an untyped storage (_rebuild_tensor_v3): the same refusal.
+    good = tmp_path / "f8.pt"
+    torch.save({"f": torch.zeros(2, dtype=torch.float8_e5m2)}, good)
+    with zipfile.ZipFile(good) as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    pkl = next(n for n in members if n.endswith("data.pkl"))
+    assert b"ctorch\nfloat8_e5m2\n" in members[pkl]
+    members[pkl] = members[pkl].replace(b"ctorch\nfloat8_e5m2\n", b"ctorch\ncomplex128\n")
+    path = tmp_path / "c.pt"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+        for n, data in members.items():
+            z.writestr(n, data)
+    assert error_line(run("inspect", path)) == (
+        f"error: the checkpoint holds complex128 tensors, which surgery does not support ({path}); "
+        "convert or remove those tensors in torch first (complex128 can become complex64)"
+    )
+
+
 def test_writing_torch_gives_what_torch_load_reads_back(tmp_path):
     src = tmp_path / "m.pt"
     sd = {"w": torch.randn(2, 3), "tied": None, "n": torch.tensor(4)}

@@ -126,21 +126,21 @@ def _rebuild_tensor_v3(storage, offset, size, stride, _grad, _hooks, dtype, *_ig
     if not isinstance(storage, _StorageRef) or not isinstance(dtype, _StorageType):
         raise pickle.UnpicklingError("a tensor without a storage or dtype")
     if storage.dtype == "uint8":
-        _check_supported(dtype.dtype, "the checkpoint")
+        _check_supported(dtype.dtype)
         itemsize = max(dtypes.get(dtype.dtype).bits // 8, 1)
         storage = _StorageRef(storage.key, dtype.dtype, storage.numel // itemsize, storage.start // itemsize)
     return _rebuild_tensor(storage, offset, size, stride)
 
 
-def _check_supported(dtype: str, where: str) -> None:
-    # torch has dtypes no other format has (complex128, for one); refuse them by name here
-    # rather than fail later on an unknown dtype with no tensor or file in the message.
+class _UnsupportedDtype(Exception):
+    """A torch dtype surgery has no DType for; `_unpickle` names it with the file."""
+
+
+def _check_supported(dtype: str) -> None:
+    # torch has dtypes no other format has (complex128, for one); refuse them by name while
+    # unpickling rather than fail later on an unknown dtype with no file in the message.
     if dtype not in dtypes.DTYPES:
-        raise FormatError(
-            f"the checkpoint holds {dtype} tensors, which surgery does not support",
-            where,
-            "convert or remove those tensors in torch first (complex128 can become complex64)",
-        )
+        raise _UnsupportedDtype(dtype)
 
 
 def _rebuild_parameter(data, *_ignored) -> Any:
@@ -195,7 +195,7 @@ class _Unpickler(pickle._Unpickler):  # the Python unpickler: its opcodes can be
         ):
             raise UnsafeFileError(f"the checkpoint holds an unknown persistent object {str(pid)[:60]!r}", self.where, _UNSAFE_FIX)
         kind, key, numel = pid[1], str(pid[2]), _count(pid[4], "storage size")
-        _check_supported(kind.dtype, self.where)
+        _check_supported(kind.dtype)
         if key in self.views:
             raise pickle.UnpicklingError(f"storage key {key!r} also names a storage view")
         root = self.storages.setdefault(key, _StorageRef(key, kind.dtype, numel))
@@ -255,6 +255,12 @@ def _unpickle(file: BinaryIO, where: str, storages: dict[str, _StorageRef] | Non
         return _Unpickler(file, where, storages, legacy).load()
     except SurgeryError:
         raise
+    except _UnsupportedDtype as e:
+        raise FormatError(
+            f"the checkpoint holds {e} tensors, which surgery does not support",
+            where,
+            "convert or remove those tensors in torch first (complex128 can become complex64)",
+        ) from None
     except EOFError as e:
         raise CorruptFileError("the checkpoint's pickle ends early", where, _FIX) from e
     except Exception as e:  # noqa: BLE001 - whatever a malformed pickle does, it is a corrupt file
