@@ -300,7 +300,7 @@ class Tree(Mapping[str, Entry]):
         format: str = "",
         convention: Convention = UNKNOWN,
         metadata: Mapping[str, str] | None = None,
-        format_state: Mapping[str, str] | None = None,
+        format_state: Mapping[str, object] | None = None,
     ) -> None:
         self._entries: dict[str, Entry] = {}
         for entry in entries:
@@ -312,7 +312,7 @@ class Tree(Mapping[str, Entry]):
         self.format = format
         self.convention = convention
         self.metadata: dict[str, str] = dict(metadata or {})
-        self.format_state: dict[str, str] = dict(format_state or {})
+        self.format_state: dict[str, object] = dict(format_state or {})
 
     def __getitem__(self, name: str) -> Entry:
         return self._entries[name]
@@ -346,12 +346,13 @@ class Tree(Mapping[str, Entry]):
         format: str | None = None,
         convention: Convention | None = None,
         metadata: Mapping[str, str] | None = None,
+        format_state: Mapping[str, object] | None = None,
     ) -> Tree:
         """A new tree that shares every entry not replaced or dropped.
 
         `replace` maps an existing name to its new entry, which takes the old
         one's place in the order (it may carry a new name). `add` appends.
-        `metadata`, when given, replaces the metadata as a whole.
+        `metadata` and `format_state`, when given, replace the old ones as a whole.
         """
         replace = dict(replace or {})
         drop = set(drop)
@@ -364,7 +365,7 @@ class Tree(Mapping[str, Entry]):
             format=self.format if format is None else format,
             convention=self.convention if convention is None else convention,
             metadata=self.metadata if metadata is None else metadata,
-            format_state=self.format_state,
+            format_state=self.format_state if format_state is None else format_state,
         )
 
 
