@@ -4,30 +4,44 @@
     >>> tree = surgery.load("fixtures/tiny.safetensors")       # doctest: +SKIP
     >>> half, report = surgery.ops.cast_floating(tree, "float16")  # doctest: +SKIP
     >>> surgery.save(half, "tiny-fp16.safetensors")             # doctest: +SKIP
+
+The public names below are imported on first use (PEP 562), not with the package:
+the command line lives in `surgery.cli`, and importing numpy for `surgery --help`
+would cost it most of its start-up time.
 """
 
 from __future__ import annotations
 
-from . import ops
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ._version import __version__
 from .errors import CorruptFileError, FormatError, OperationError, OutputError, SurgeryError, UnsafeFileError
-from .io import load, save
-from .report import Change, Report
-from .tree import KERAS, TORCH, UNKNOWN, Convention, Entry, Tree
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
+    from . import ops
+    from .io import load, save
+    from .report import Change, Report
+    from .tree import KERAS, TORCH, UNKNOWN, Convention, Entry, Tree
+
+# name -> the module that defines it; every entry is listed in __all__ too.
+_LAZY = {
+    "load": "surgery.io",
+    "save": "surgery.io",
+    "ops": "surgery.ops",
+    "Tree": "surgery.tree",
+    "Entry": "surgery.tree",
+    "Convention": "surgery.tree",
+    "KERAS": "surgery.tree",
+    "TORCH": "surgery.tree",
+    "UNKNOWN": "surgery.tree",
+    "Report": "surgery.report",
+    "Change": "surgery.report",
+}
 
 __all__ = [
     "__version__",
-    "load",
-    "save",
-    "ops",
-    "Tree",
-    "Entry",
-    "Convention",
-    "KERAS",
-    "TORCH",
-    "UNKNOWN",
-    "Report",
-    "Change",
+    *_LAZY,
     "SurgeryError",
     "FormatError",
     "CorruptFileError",
@@ -35,3 +49,16 @@ __all__ = [
     "OutputError",
     "OperationError",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'surgery' has no attribute {name!r}")
+    value = importlib.import_module(module) if name == "ops" else getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

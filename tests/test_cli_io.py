@@ -245,3 +245,18 @@ def test_truncated_source_during_kernel_copy_is_a_clear_error(tmp_path):
     with pytest.raises(surgery.errors.CorruptFileError, match="file ended .* bytes early while reading tensor"):
         surgery.save(tree, result_path)
     assert not result_path.exists() and leftovers(tmp_path) == []
+
+
+def test_help_and_version_import_no_numpy_or_frameworks():
+    """`surgery --help` must stay fast: numpy, ml_dtypes, h5py and the frameworks are imported by commands only."""
+    code = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from surgery.cli import main\n"
+        "for args in (['--help'], ['--version'], ['convert', '--help'], ['subsample', '--help'], ['freeze', '--help']):\n"
+        "    assert CliRunner().invoke(main, args).exit_code == 0, args\n"
+        "heavy = sorted(m for m in ('numpy', 'ml_dtypes', 'h5py', 'torch', 'onnx', 'onnxruntime', 'keras') if m in sys.modules)\n"
+        "print(','.join(heavy))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_FIXTURES.parent, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""

@@ -39,7 +39,7 @@ class LrMultType(click.ParamType):
 
 
 def _recipe_names() -> list[str]:
-    from ..ops.freeze import RECIPES
+    from ..freeze_recipes import RECIPES
 
     return list(RECIPES)
 
