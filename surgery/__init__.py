@@ -19,10 +19,10 @@ from ._version import __version__
 from .errors import CorruptFileError, FormatError, OperationError, OutputError, SurgeryError, UnsafeFileError
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
-    from . import ops
-    from .io import load, save
-    from .report import Change, Report
-    from .tree import KERAS, TORCH, UNKNOWN, Convention, Entry, Tree
+    from . import ops  # noqa: F401
+    from .io import load, save  # noqa: F401
+    from .report import Change, Report  # noqa: F401
+    from .tree import KERAS, TORCH, UNKNOWN, Convention, Entry, Tree  # noqa: F401
 
 # name -> the module that defines it; every entry is listed in __all__ too.
 _LAZY = {

@@ -12,7 +12,7 @@ from __future__ import annotations
 import errno
 import math
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -71,6 +71,10 @@ class Source:
         array = self.read_array(entry)
         yield from _array_chunks(array)
 
+    def read_take(self, entry: Entry, indices: Sequence[int], axis: int) -> np.ndarray:
+        """`np.take(tensor, indices, axis)`; sources that can read part of a tensor read only what it keeps."""
+        return np.take(self.read_array(entry), list(indices), axis=axis)
+
     def paths(self) -> tuple[Path, ...]:
         """Files this source reads, so writers can refuse to overwrite them."""
         return ()
@@ -84,6 +88,31 @@ class Source:
             if progress:
                 progress(len(chunk))
         return written
+
+
+_TAKE_BLOCK = 64 << 20  # bytes of outer rows read per step when taking along an inner axis
+
+
+def _runs(sorted_rows: list[int]) -> Iterator[tuple[int, int, int]]:
+    """(first, stop, position in sorted_rows) of each run of consecutive rows."""
+    at = 0
+    while at < len(sorted_rows):
+        end = at
+        while end + 1 < len(sorted_rows) and sorted_rows[end + 1] == sorted_rows[end] + 1:
+            end += 1
+        yield sorted_rows[at], sorted_rows[end] + 1, at
+        at = end + 1
+
+
+def in_requested_order(kept: np.ndarray, unique: list[int], indices: Sequence[int], axis: int) -> np.ndarray:
+    """`kept` holds the slices `unique` (sorted, no repeats) along `axis`; put them in `indices`' order.
+
+    Sorted picks without repeats (`--num-classes`) are already in order: no second copy then.
+    """
+    if len(unique) == len(indices) and all(a == b for a, b in zip(unique, indices)):
+        return kept
+    position = {row: i for i, row in enumerate(unique)}
+    return np.take(kept, [position[int(i)] for i in indices], axis=axis)
 
 
 def write_all(fd: int, data: memoryview | bytes) -> None:
@@ -136,6 +165,42 @@ class FileRange(Source):
 
     def paths(self) -> tuple[Path, ...]:
         return (self.path,)
+
+    def read_take(self, entry: Entry, indices: Sequence[int], axis: int) -> np.ndarray:
+        # Class surgery keeps a few rows of a large head: read only those. Along the outermost
+        # axis the kept rows are byte ranges (runs of neighbours read at once); along any other
+        # axis the tensor is streamed in blocks of outer rows, so memory stays near the output.
+        if not entry.shape or entry.numel == 0 or not len(indices):
+            return super().read_take(entry, indices, axis)
+        dtype = dtypes.get(entry.dtype).numpy()
+        rows = entry.shape[0]
+        row_bytes = self.length // rows
+        if axis == 0:
+            unique = sorted(set(indices))
+            kept = np.empty((len(unique), *entry.shape[1:]), dtype=dtype.newbyteorder("<"))
+            view = kept.reshape(len(unique), -1).view(np.uint8)
+            with open(self.path, "rb") as f:
+                for start, stop, at in _runs(unique):
+                    self._read_exactly(f, entry, self.offset + start * row_bytes, view[at : at + stop - start])
+            return in_requested_order(kept, unique, indices, 0).astype(dtype, copy=False)
+        block = max(1, _TAKE_BLOCK // max(row_bytes, 1))
+        out_shape = list(entry.shape)
+        out_shape[axis] = len(indices)
+        out = np.empty(out_shape, dtype=dtype)
+        part = np.empty((min(block, rows), *entry.shape[1:]), dtype=dtype.newbyteorder("<"))
+        with open(self.path, "rb") as f:
+            for first in range(0, rows, block):
+                n = min(block, rows - first)
+                self._read_exactly(f, entry, self.offset + first * row_bytes, part[:n].reshape(n, -1).view(np.uint8))
+                out[first : first + n] = np.take(part[:n], list(indices), axis=axis)
+        return out
+
+    def _read_exactly(self, f, entry: Entry, offset: int, into: np.ndarray) -> None:
+        f.seek(offset)
+        want = into.nbytes
+        got = f.readinto(memoryview(into).cast("B")) if want else 0
+        if got != want:
+            raise self._truncated(entry, want - (got or 0))
 
     def _truncated(self, entry: Entry, left: int) -> CorruptFileError:
         return CorruptFileError(
@@ -238,6 +303,10 @@ class Entry:
     def iter_bytes(self) -> Iterator[memoryview]:
         """The tensor as little-endian, C-order bytes, streamed in chunks."""
         return self.source.iter_bytes(self)
+
+    def take(self, indices: Sequence[int], axis: int) -> np.ndarray:
+        """`np.take(self.read(), indices, axis)`, reading only the kept slices where the source can."""
+        return self.source.read_take(self, indices, axis)
 
     def copy_into(self, fd: int, progress: Callable[[int], None] | None = None) -> int:
         """Append the tensor's bytes to the open file descriptor `fd`; return how many were written."""

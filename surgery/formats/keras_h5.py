@@ -36,7 +36,7 @@ import numpy as np
 from .. import dtypes
 from ..errors import CorruptFileError, FormatError, OutputError
 from ..naming import layer_of
-from ..tree import DROPPED_ON_READ, KERAS, TORCH, Entry, Source, Tree
+from ..tree import DROPPED_ON_READ, KERAS, TORCH, Entry, Source, Tree, in_requested_order
 
 NAME = "keras_h5"
 SUFFIXES = (".h5", ".hdf5")  # Keras 3 names its files .weights.h5
@@ -88,6 +88,22 @@ class H5Dataset(Source):
             raise CorruptFileError(f"cannot read dataset {self.dataset!r} ({e})", str(self.path), _FIX) from e
         array = np.asarray(array)
         return array.astype(array.dtype.newbyteorder("="), copy=False)
+
+    def read_take(self, entry: Entry, indices, axis: int) -> np.ndarray:
+        # h5py reads a sorted list of indices on one axis (HDF5 hyperslabs), chunk by chunk, without
+        # the rest of the dataset; the requested order and repeats are restored in memory.
+        if not entry.shape or not len(indices):
+            return super().read_take(entry, indices, axis)
+        h5py = _h5py()
+        unique = sorted(set(int(i) for i in indices))
+        where = tuple(unique if ax == axis else slice(None) for ax in range(len(entry.shape)))
+        try:
+            with h5py.File(self.path, "r") as f:
+                kept = np.asarray(f[self.dataset][where])
+        except (OSError, KeyError, ValueError, TypeError) as e:
+            raise CorruptFileError(f"cannot read dataset {self.dataset!r} ({e})", str(self.path), _FIX) from e
+        out = in_requested_order(kept, unique, indices, axis)
+        return out.astype(out.dtype.newbyteorder("="), copy=False)
 
     def paths(self) -> tuple[Path, ...]:
         return (self.path,)

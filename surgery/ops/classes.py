@@ -544,11 +544,15 @@ def _new_shape(e: Entry, lp: LayerPlan) -> tuple[int, ...]:
 
 def _computer(e: Entry, lp: LayerPlan, init: str, copy_of: int | None, seed: int):
     def compute() -> np.ndarray:
-        source = e.read()
         ax = _axis_of(e, lp.axis)
         taken = [c if isinstance(c, int) else (c[copy_of] if copy_of is not None else 0) for c in lp.channel_map]
-        out = np.take(source, taken, axis=ax)  # one gather; np.take keeps the dtype
         new = [j for j, c in enumerate(lp.channel_map) if not isinstance(c, int)]
+        if new and copy_of is None and init == "mean":  # the mean of old classes needs them all
+            source = e.read()
+            out = np.take(source, taken, axis=ax)
+        else:  # read only the kept classes' slices (a 30,000-of-250,000 head reads 12% of its bytes)
+            source = None
+            out = e.take(taken, ax)
         if new and copy_of is None:
             _fill_new(out, source, ax, new, lp, init, seed, e)
         return out
@@ -556,7 +560,7 @@ def _computer(e: Entry, lp: LayerPlan, init: str, copy_of: int | None, seed: int
     return compute
 
 
-def _fill_new(out: np.ndarray, source: np.ndarray, ax: int, new: list[int], lp: LayerPlan, init: str, seed: int, e: Entry) -> None:
+def _fill_new(out: np.ndarray, source: np.ndarray | None, ax: int, new: list[int], lp: LayerPlan, init: str, seed: int, e: Entry) -> None:
     moved = np.moveaxis(out, ax, 0)  # a view: writes land in `out`
     is_bias = out.ndim == 1
     if init == "mean":
