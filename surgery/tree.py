@@ -25,7 +25,7 @@ from .errors import CorruptFileError, OperationError
 __all__ = ["Convention", "KERAS", "TORCH", "UNKNOWN", "Entry", "Tree", "Source", "FileRange", "ArraySource", "LazySource"]
 
 CHUNK = 16 << 20  # bytes moved per step when streaming tensor data
-_KERNEL_CHUNK = 256 << 20  # bytes per copy_file_range call: large, but keeps progress moving
+_KERNEL_CHUNK = 32 << 20  # bytes per copy_file_range call: progress (and writeback requests) every 32 MB
 # copy_file_range is refused across some filesystems and by some kernels; then we copy by hand.
 _NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM, errno.EBADF}
 

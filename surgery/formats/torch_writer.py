@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import dtypes
+from ..durable import Writeback
 from ..errors import CorruptFileError, OutputError
 from ..tree import KERAS, ArraySource, Entry, FileRange, Tree
 
@@ -297,6 +298,7 @@ def save(tree: Tree, path: Path, *, progress: Progress | None = None) -> None:
     storages = plan_storages(tree)
     data_pkl = pickle_state_dict(storages, list(tree), dict(tree.metadata))
     with open(path, "wb") as f:
+        progress = Writeback(f.fileno(), start=0).progress(progress)  # writeback overlaps the copy (see surgery.durable)
         with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as z:
             archive = _Archive(z, f)
             archive.record("data.pkl", [data_pkl], len(data_pkl))
