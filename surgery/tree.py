@@ -14,6 +14,7 @@ import math
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Callable
 
@@ -278,14 +279,17 @@ class Entry:
     attrs: Mapping[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        # Shapes often arrive as numpy integers or lists; headers need plain ints.
-        object.__setattr__(self, "shape", tuple(int(d) for d in self.shape))
+        # Shapes often arrive as numpy integers or lists; headers need plain ints. (A tuple of
+        # ints, the common case, is kept as it is: LLM checkpoints hold tens of thousands of entries.)
+        shape = self.shape
+        if type(shape) is not tuple or not all(type(d) is int for d in shape):
+            object.__setattr__(self, "shape", tuple(int(d) for d in shape))
 
-    @property
+    @cached_property  # entries are immutable, and writers ask for sizes several times per tensor
     def numel(self) -> int:
         return math.prod(self.shape)
 
-    @property
+    @cached_property
     def nbytes(self) -> int:
         return dtypes.get(self.dtype).nbytes(self.numel)
 
