@@ -28,6 +28,14 @@ class _UserError(click.ClickException):
 class SurgeryGroup(click.Group):
     """Turns every SurgeryError (and OS-level I/O failures) into the one-line error format."""
 
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple[str | None, click.Command | None, list[str]]:
+        name, command, rest = super().resolve_command(ctx, args)
+        if command is not None:
+            from .commands.at_files import expand
+
+            rest = expand(command, rest)  # --classes @FILE and friends (see surgery.commands.at_files)
+        return name, command, rest
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
