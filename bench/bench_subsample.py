@@ -121,5 +121,17 @@ def main() -> None:
     print(f"output exact: {results['output_exact']}")
 
 
+def table(results: dict) -> str:
+    """The Markdown table of BENCHMARKS.md for these results."""
+    lines = [f"{results['classes']:,} x {FEATURES} float32 head ({results['source_bytes'] / 1e9:.2f} GB) -> {results['keep']:,} classes", "",
+             "| | wall time | peak RSS |", "|---|---|---|"]
+    for key, label in (("read_plus_take", "one read + `numpy.take`"), ("fancy_plus_write", "h5py fancy indexing + write + fsync"),
+                       ("surgery", "`surgery subsample` (read kept, write, fsync)")):
+        lines.append(f"| {label} | {results[key]['wall_s']:.2f} s | {mib(results[key]['peak_rss_bytes'])} |")
+    lines.append(f"\nsurgery ÷ (fancy + write): {results['ratio_to_fancy_plus_write']:.2f}; ÷ (read + take): {results['ratio']:.2f}; "
+                 f"output exact: {results['output_exact']}")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     main()
