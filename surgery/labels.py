@@ -419,7 +419,9 @@ class Prepared:
             if self.by_name or self.explicit:
                 matches_head(self.space, plan.source_classes, "--labels")
             return None  # the checkpoint's recorded labels no longer fit: record none rather than wrong ones
-        return new_names(self.space.names, plan.classes, self.target.names if self.target else None)
+        if self.target is not None:
+            return list(self.target.names)  # a move takes the target's spelling of every name
+        return new_names(self.space.names, plan.classes)
 
 
 def prepare(
