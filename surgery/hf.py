@@ -53,6 +53,12 @@ def is_model_folder(path: Path) -> bool:
 
 def _weights(folder: Path) -> Path | None:
     """The folder's weights, in the order `from_pretrained` prefers them: safetensors first."""
+    if (folder / (TORCH_BIN + ".index.json")).is_file() and not any(folder.glob("*.safetensors")):
+        raise FormatError(
+            "sharded pytorch_model-*.bin checkpoints are not read",
+            str(folder),
+            "re-save the model with save_pretrained(..., safe_serialization=True), or point at one shard",
+        )
     indexes = sorted(folder.glob("*.safetensors.index.json"))
     singles = sorted(folder.glob("*.safetensors"))
     for candidate in (*indexes[:1], folder / SAFETENSORS, *(singles if len(singles) == 1 else []), folder / TORCH_BIN):
@@ -68,10 +74,12 @@ def load(folder: Path, *, key: str | None = None) -> Tree:
     folder = Path(folder)
     config = _read_config(folder)
     weights = _weights(folder)
-    assert weights is not None
+    if weights is None:
+        raise FormatError("model folder holds no model.safetensors or pytorch_model.bin", str(folder), "point at the folder that holds the weights")
     name = "torch" if weights.name == TORCH_BIN else "safetensors"
-    options = {"key": key} if key is not None and name == "torch" else {}
-    tree = formats.module(name).load(weights, **options)
+    if key is not None and name != "torch":
+        raise FormatError(f"--key chooses an entry of a PyTorch checkpoint, but this folder holds {weights.name}", str(folder), "drop --key")
+    tree = formats.module(name).load(weights, **({"key": key} if key is not None else {}))
     state = dict(tree.format_state)
     state[STATE] = {"folder": str(folder), "config": config}
     return tree.derive(format_state=state)
@@ -163,7 +171,7 @@ def follow_labels(tree: Tree, names: Sequence[str]) -> Tree:
     if _is_timm(config):
         fields = _table()["timm"]["fields"]
     else:
-        row = _row(config) or {"fields": {}}
+        row = _row(config) or {"fields": {"num_labels": "count"}}
         fields = row["fields"]
         if row.get("no_object") and names and names[-1] == row["no_object"]:
             names = names[:-1]

@@ -203,7 +203,7 @@ def split_classes(text: str | Sequence[object]) -> tuple[str, list[str]]:
 
     'new' (a class to add) belongs to both forms.
     """
-    tokens = [str(t).strip() for t in (text.split(",") if isinstance(text, str) else text)]
+    tokens = ["new" if t is None else str(t).strip() for t in (text.split(",") if isinstance(text, str) else text)]
     tokens = [t for t in tokens if t] if isinstance(text, str) else tokens
     kinds = {t: _kind(t) for t in tokens}
     indices = [t for t in tokens if kinds[t] == "index"]
@@ -400,6 +400,7 @@ class Prepared:
         space: the source label space, if known.
         target: the target label space of a move, if any.
         by_name: whether `classes` were spelled as names (or come from a move).
+        explicit: whether the label space was given (else it is the checkpoint's own, if any).
         notes: what was resolved or kept automatically, for the report.
     """
 

@@ -165,3 +165,38 @@ def test_folder_output_of_another_format_is_refused(tmp_path):
     result = run("convert", src, "-o", tmp_path / "out", "--to", "npz")
     assert result.exit_code == 1
     assert error_line(result) == f"error: a Hugging Face model folder is written as safetensors, not npz ({tmp_path / 'out'}); drop --to, or name a file"
+
+
+def test_single_file_output_says_the_config_stays_behind(tmp_path):
+    config = {"architectures": ["BertForSequenceClassification"], "id2label": {"0": "neg", "1": "pos"}}
+    src = _folder(tmp_path, config, {"classifier.weight": np.ones((2, 4), "float32"), "classifier.bias": np.zeros(2, "float32")})
+    result = run("subsample", src, "-o", tmp_path / "out.safetensors", "--classes", "pos")
+    assert result.exit_code == 0, result.stderr
+    assert "note: config.json is written only beside a folder output; name a folder (no suffix) to keep it in step" in result.stdout
+    assert json.loads(surgery.load(tmp_path / "out.safetensors").metadata["surgery.labels"]) == ["pos"]
+
+
+def test_timm_hub_config_follows_num_classes_and_label_names(tmp_path):
+    config = {"architecture": "resnet18", "num_classes": 3, "label_names": ["cat", "dog", "fox"], "num_features": 4}
+    src = _folder(tmp_path, config, {"fc.weight": np.eye(3, 4, dtype="float32"), "fc.bias": np.arange(3, dtype="float32")})
+    result = run("subsample", src, "-o", tmp_path / "out", "--classes", "fox,cat", "-q")
+    assert result.exit_code == 0, result.stderr
+    written = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert written == {"architecture": "resnet18", "num_classes": 2, "label_names": ["fox", "cat"], "num_features": 4}
+
+
+def test_unknown_architecture_still_rewrites_num_labels(tmp_path):
+    config = {"architectures": ["MyNet"], "id2label": {"0": "a", "1": "b", "2": "c"}, "num_labels": 3}
+    src = _folder(tmp_path, config, {"fc.weight": np.eye(3, 4, dtype="float32"), "fc.bias": np.zeros(3, "float32")})
+    assert run("subsample", src, "-o", tmp_path / "out", "--classes", "c,a", "-q").exit_code == 0
+    written = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert written["num_labels"] == 2 and written["id2label"] == {"0": "c", "1": "a"} and written["label2id"] == {"c": 0, "a": 1}
+
+
+def test_sharded_pytorch_bin_folder_is_refused_in_one_line(tmp_path):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}", encoding="utf-8")
+    (folder / "pytorch_model.bin.index.json").write_text("{}", encoding="utf-8")
+    result = run("inspect", folder)
+    assert error_line(result) == f"error: sharded pytorch_model-*.bin checkpoints are not read ({folder}); re-save the model with save_pretrained(..., safe_serialization=True), or point at one shard"

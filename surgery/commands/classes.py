@@ -105,7 +105,7 @@ def _class_command(kind: str, src: Path, output: Path, force: bool, dry_run: boo
     checks = verify(tree, edited if dry_run else load(output), plan) if verify_after else None
     document = {"input": str(src), "output": str(output), "format": fmt, "dry_run": dry_run, **plan.to_json(tree)}
     document["notes"] = report.notes
-    document.update(document_part(named, names, labels_out))
+    document.update(document_part(named, names, labels_out, edited, output))
     if checks is not None:
         document["verify"] = checks
     if as_json:
@@ -162,6 +162,9 @@ def subsample(src: Path, output: Path, force: bool, dry_run: bool, verify_after:
       surgery subsample ssd300_coco.h5 -o ssd300_road.h5 --classes 0,3,8,1,2,10,4,6,12 --anchors 4
       surgery subsample model.h5 -o small.h5 --num-classes 10 --seed 1
       surgery subsample model.safetensors -o out.safetensors --layers 'head.cls_logits' --classes 0-9
+      surgery subsample ssd300_coco.h5 -o road.h5 --classes person,car,bus --labels coco80+bg --anchors 4
+      surgery subsample frcnn.pt -o frcnn81.pt --from-labels coco91 --to-labels coco80+bg
+      surgery subsample my-ner/ -o my-ner-small/ --classes O,B-PER,I-PER   # Hugging Face folder
     """
     _class_command("subsample", src, output, force, dry_run, as_json, quiet, verify_after, "gaussian", **class_args)
 
@@ -182,6 +185,7 @@ def upsample(src: Path, output: Path, force: bool, dry_run: bool, init: str, ver
     Examples:
       surgery upsample model.h5 -o more.h5 --num-classes 90 --anchors 4 --seed 7
       surgery upsample model.h5 -o more.h5 --classes 0-80,new,new --init copy:1
+      surgery upsample ssd_coco.h5 -o ssd_voc.h5 --from-labels coco80+bg --to-labels voc21 --init mean
     """
     _class_command("upsample", src, output, force, dry_run, as_json, quiet, verify_after, init, **class_args)
 

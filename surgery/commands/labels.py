@@ -87,8 +87,9 @@ def write_labels_out(out: Path | None, names: list[str] | None, dry_run: bool) -
             f.write("".join(n + "\n" for n in names))
 
 
-def document_part(named, names: list[str] | None, out: Path | None) -> dict[str, Any]:
+def document_part(named, names: list[str] | None, out: Path | None, edited, output: Path) -> dict[str, Any]:
     """What names did, for --json and the text summary."""
+    from .. import hf
     from ..labels import move_table
 
     part: dict[str, Any] = {"labels": names}
@@ -99,6 +100,11 @@ def document_part(named, names: list[str] | None, out: Path | None) -> dict[str,
     if named.by_name and named.target is None and named.classes is not None and named.space is not None:
         part["resolved"] = [{"name": named.space.names[c], "index": c} if c is not None else {"name": "new", "index": None} for c in named.classes]
     part["label_notes"] = list(named.notes)
+    if hf.STATE in edited.format_state:
+        if hf.writes_folder(edited, output):
+            part["label_notes"].append("config.json follows the new labels (id2label, label2id and the class-count fields)")
+        else:
+            part["label_notes"].append("config.json is written only beside a folder output; name a folder (no suffix) to keep it in step")
     if out is not None:
         part["labels_out"] = str(out)
     return part
