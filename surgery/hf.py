@@ -26,7 +26,7 @@ from .errors import FormatError
 from .naming import layers, matches
 from .tree import Tree
 
-__all__ = ["STATE", "is_model_folder", "load", "labels", "head_layers", "follow_labels", "writes_folder", "save_folder"]
+__all__ = ["STATE", "follow_labels", "head_layers", "is_model_folder", "labels", "load", "save_folder", "writes_folder"]
 
 STATE = "hf.folder"  # format_state key: {"folder": the input folder, "config": its (edited) config.json}
 CONFIG = "config.json"

@@ -24,7 +24,7 @@ import difflib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache, lru_cache
 from importlib import resources
 from pathlib import Path
 
@@ -34,19 +34,25 @@ from .tree import Tree
 __all__ = [
     "KEY",
     "LabelSpace",
+    "Prepared",
+    "Resolved",
     "builtin_names",
-    "load",
-    "space",
-    "own",
-    "parse_label_text",
-    "split_classes",
-    "resolve",
-    "resolve_classes",
-    "move",
     "follow",
-    "record",
     "is_background",
     "is_placeholder",
+    "load",
+    "matches_head",
+    "move",
+    "move_table",
+    "new_names",
+    "own",
+    "parse_label_text",
+    "prepare",
+    "record",
+    "resolve",
+    "resolve_classes",
+    "space",
+    "split_classes",
 ]
 
 KEY = "surgery.labels"  # metadata: the JSON list of the head's class names, in row order
@@ -85,7 +91,7 @@ def is_placeholder(name: str) -> bool:
     return name in _index()["placeholders"]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _builtin(name: str) -> tuple[str, ...]:
     row = _index()["tables"][name]
     text = resources.files(__package__).joinpath(_TABLES, row["file"]).read_text(encoding="utf-8")
@@ -455,11 +461,15 @@ def prepare(
     if not isinstance(classes, str) and all(isinstance(c, int) or c is None for c in classes):
         prepared.classes = list(classes)  # a library caller's index list
         return prepared
+    from .ops.classes import parse_classes
+
+    text = classes if isinstance(classes, str) else ",".join("new" if c is None else str(c) for c in classes)
+    if source is None and any(_kind(t.strip()) == "index" for t in text.split(",")):
+        prepared.classes = parse_classes(text)  # no label space: a name here is simply not an index
+        return prepared
     form, _ = split_classes(classes)
     if form == "indices":
-        from .ops.classes import parse_classes
-
-        prepared.classes = parse_classes(classes if isinstance(classes, str) else ",".join(map(str, classes)))
+        prepared.classes = parse_classes(text)
         return prepared
     if source is None:
         raise OperationError(

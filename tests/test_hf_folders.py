@@ -10,9 +10,9 @@ import os
 
 import numpy as np
 import pytest
+from helpers import digest, error_line, leftovers, run
 
 import surgery
-from helpers import digest, error_line, leftovers, run
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # set before transformers is imported: nothing may be fetched
 
@@ -85,7 +85,7 @@ def test_sequence_classifier_subsampled_by_library_call_loads_in_transformers(tm
     src, out = tmp_path / "topics", tmp_path / "topics_small"
     original = _tiny("AutoModelForSequenceClassification", TOPICS, "BertForSequenceClassification", src)
     tree = surgery.load(src)
-    edited, report = surgery.ops.resample_classes(tree, ["science", "world"])
+    edited, _ = surgery.ops.resample_classes(tree, ["science", "world"])
     surgery.save(edited, out)
     assert json.loads(edited.metadata["surgery.labels"]) == ["science", "world"]
     model, info = _reload("AutoModelForSequenceClassification", out)

@@ -6,10 +6,10 @@ import json
 
 import numpy as np
 import pytest
-
-import surgery
 from conftest import FIXTURES
 from helpers import digest, error_line, run
+
+import surgery
 from surgery import labels
 from surgery.errors import FormatError, OperationError
 

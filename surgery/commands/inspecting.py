@@ -47,7 +47,7 @@ def inspect(path: Path, filters: tuple[str, ...], as_json: bool, key: str | None
                 ],
                 "total_bytes": total,
                 "metadata": tree.metadata,
-                "labels": _labels(tree),
+                **({"labels": _labels(tree)} if _labels(tree) is not None else {}),  # class names, when known
             }
         )
         return

@@ -82,9 +82,8 @@ def write_labels_out(out: Path | None, names: list[str] | None, dry_run: bool) -
 
     if out is None or dry_run or names is None:
         return
-    with atomic_output(out) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write("".join(n + "\n" for n in names))
+    with atomic_output(out) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write("".join(n + "\n" for n in names))
 
 
 def document_part(named, names: list[str] | None, out: Path | None, edited, output: Path) -> dict[str, Any]:
