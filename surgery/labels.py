@@ -251,6 +251,8 @@ def resolve(names: Sequence[str], labels: Sequence[str], source: str, where: str
             out.append(exact[name])
             continue
         hits = folded.get(name.casefold(), [])
+        if not hits and is_background(name):  # 'background' finds '__background__' and back
+            hits = [i for i, n in enumerate(labels) if is_background(n)][:1]
         if len(hits) == 1:
             out.append(hits[0])
             continue

@@ -232,3 +232,10 @@ def test_move_options_that_do_not_fit(tmp_path):
     assert error_line(result) == "error: --from-labels only applies with --to-labels (--from-labels); add --to-labels, or use --labels"
     result = run("subsample", src, "-o", tmp_path / "x.pt", "--from-labels", "coco91", "--to-labels", "coco80+bg", "--classes", "person")
     assert error_line(result) == "error: --classes and --to-labels both given (--to-labels); a move keeps the target's classes, by name; drop --classes"
+
+
+def test_background_names_find_each_other_and_duplicates_copy():
+    assert labels.resolve(["background", "Person"], labels.load("coco91"), "coco91") == [0, 1]
+    assert labels.resolve(["__background__"], labels.load("voc21"), "voc21") == [0]
+    resolved = labels.resolve_classes("cat,cat,new", labels.space("voc21"))
+    assert resolved.classes == [0, 8, 8, None] and resolved.names == ["background", "cat", "cat", "LABEL_3"]
