@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from . import formats, hf
+from . import formats
+from . import hf
 from .atomic import atomic_output, check_destination
 from .errors import FormatError, OutputError, SurgeryError
 from .tree import Tree

@@ -200,3 +200,16 @@ def test_sharded_pytorch_bin_folder_is_refused_in_one_line(tmp_path):
     (folder / "pytorch_model.bin.index.json").write_text("{}", encoding="utf-8")
     result = run("inspect", folder)
     assert error_line(result) == f"error: sharded pytorch_model-*.bin checkpoints are not read ({folder}); re-save the model with save_pretrained(..., safe_serialization=True), or point at one shard"
+
+
+def test_sharded_folder_with_config_is_one_checkpoint(tmp_path):
+    rng = np.random.default_rng(1)
+    tensors = {"encoder.weight": rng.standard_normal((64, 8)).astype("float32"), "classifier.weight": rng.standard_normal((3, 8)).astype("float32")}
+    folder = tmp_path / "sharded"
+    surgery.save(surgery.Tree([surgery.Entry.from_array(k, v) for k, v in tensors.items()], convention=surgery.TORCH), folder, shard_size=1024)
+    (folder / "config.json").write_text(json.dumps({"architectures": ["BertForSequenceClassification"], "id2label": {"0": "a", "1": "b", "2": "c"}}), encoding="utf-8")
+    result = run("subsample", folder, "-o", tmp_path / "out", "--classes", "c,b", "-q")
+    assert result.exit_code == 0, result.stderr
+    out = surgery.load(tmp_path / "out")
+    assert np.array_equal(out["classifier.weight"].read(), tensors["classifier.weight"][[2, 1]])
+    assert np.array_equal(out["encoder.weight"].read(), tensors["encoder.weight"])
