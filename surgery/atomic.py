@@ -50,7 +50,9 @@ def _inside(path: Path, folder: Path) -> bool:
 
 
 def _looks_like_our_output(folder: Path) -> bool:
-    return all(p.suffix in (".safetensors", ".json") for p in folder.iterdir())
+    from .hf import is_model_folder  # a Hugging Face model folder we wrote holds tokenizer files too
+
+    return all(p.suffix in (".safetensors", ".json") for p in folder.iterdir()) or is_model_folder(folder)
 
 
 @contextmanager

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import formats
+from . import hf
 from .atomic import atomic_output, check_destination
 from .errors import FormatError, OutputError, SurgeryError
 from .tree import Tree
@@ -30,6 +31,8 @@ def load(path: str | Path, format: str | None = None, *, key: str | None = None)
         >>> tree["dense/kernel"].shape  # doctest: +SKIP
     """
     path = Path(path)
+    if format is None and hf.is_model_folder(path):  # config.json + weights: the config travels with the tree
+        return hf.load(path, key=key)
     name = format or formats.detect(path)
     options = _key_option(name, key, path)
     try:
@@ -75,9 +78,13 @@ def save(
     path = Path(path)
     name = check_output(tree, path, format, force=force, shard_size=shard_size)
     options = {"shard_size": shard_size} if shard_size is not None else {}
-    with atomic_output(path, directory=shard_size is not None) as tmp:
+    folder = hf.writes_folder(tree, path)
+    with atomic_output(path, directory=shard_size is not None or folder) as tmp:
         try:
-            formats.module(name).save(tree, tmp, progress=progress, **options)
+            if folder:  # weights, the edited config.json and the other files appear together
+                hf.save_folder(tree, tmp, progress=progress, **options)
+            else:
+                formats.module(name).save(tree, tmp, progress=progress, **options)
         except OSError as e:
             raise OutputError(f"cannot write the output ({e.strerror or e})", str(path), "check free space and permissions") from e
     return name
@@ -91,7 +98,10 @@ def check_output(
     Commands call it first so that a dry run fails exactly where the real run would.
     """
     path = Path(path)
-    name = formats.for_output(path, format, sharded=shard_size is not None)
+    folder = hf.writes_folder(tree, path)
+    name = formats.for_output(path, format, sharded=shard_size is not None or folder)
+    if folder and name != "safetensors":
+        raise OutputError(f"a Hugging Face model folder is written as safetensors, not {name}", str(path), "drop --to, or name a file")
     if not hasattr(formats.module(name), "save"):
         raise OutputError(f"writing {name} files is not available yet", str(path), formats.module(name).CANNOT_WRITE)
     check_writable = getattr(formats.module(name), "check_writable", None)

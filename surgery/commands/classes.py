@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from .labels import label_options
 from .common import (
     _emit_json,
     _printable,
@@ -80,8 +81,10 @@ def _class_command(kind: str, src: Path, output: Path, force: bool, dry_run: boo
     from ..io import check_output, load
     from ..ops.classes import apply_plan, verify
     from ..tree import DROPPED_ON_READ
+    from .labels import check_labels_out, document_part, print_part, resolve_names, write_labels_out
 
     tree = load(src)
+    named, labels_out, class_args = resolve_names(tree, class_args)  # names -> indices, before planning
     plan = _plan(tree, **class_args)
     if kind == "subsample" and plan.adds_classes:
         raise OperationError("subsample cannot add classes", "--classes", "use `surgery upsample` to add new classes")
@@ -91,19 +94,24 @@ def _class_command(kind: str, src: Path, output: Path, force: bool, dry_run: boo
             "--num-classes",
             "use `surgery subsample` to drop classes",
         )
-    edited, report = apply_plan(tree, plan, init=init, seed=class_args["seed"])
+    names = named.names(plan)
+    edited, report = apply_plan(tree, plan, init=init, seed=class_args["seed"], labels=names)
+    check_labels_out(labels_out, names, tree, force)
     if DROPPED_ON_READ in tree.format_state:
         report.notes.append(f"dropped {tree.format_state[DROPPED_ON_READ]}")
     fmt = check_output(edited, output, force=force)
     _write(kind, edited, output, fmt, force=force, dry_run=dry_run, quiet=quiet or as_json)
+    write_labels_out(labels_out, names, dry_run)
     checks = verify(tree, edited if dry_run else load(output), plan) if verify_after else None
     document = {"input": str(src), "output": str(output), "format": fmt, "dry_run": dry_run, **plan.to_json(tree)}
     document["notes"] = report.notes
+    document.update(document_part(named, names, labels_out, edited, output))
     if checks is not None:
         document["verify"] = checks
     if as_json:
         _emit_json(document)
     elif not quiet:
+        print_part(document)
         _print_class_plan(document, plan)
     if checks is not None and any(row["max_abs_diff"] != 0 for row in checks) and kind == "subsample":
         raise OperationError("verification found a difference at a kept class", str(output), "report this as a bug, with the command")
@@ -137,6 +145,7 @@ def _background_hint(plan) -> str:
 @click.argument("src", type=click.Path(path_type=Path))
 @output_options
 @class_options
+@label_options
 @click.option("--verify", "verify_after", is_flag=True, help="After writing, prove the kept classes' outputs equal the original's.")
 @json_option
 @quiet_option
@@ -153,6 +162,9 @@ def subsample(src: Path, output: Path, force: bool, dry_run: bool, verify_after:
       surgery subsample ssd300_coco.h5 -o ssd300_road.h5 --classes 0,3,8,1,2,10,4,6,12 --anchors 4
       surgery subsample model.h5 -o small.h5 --num-classes 10 --seed 1
       surgery subsample model.safetensors -o out.safetensors --layers 'head.cls_logits' --classes 0-9
+      surgery subsample ssd300_coco.h5 -o road.h5 --classes person,car,bus --labels coco80+bg --anchors 4
+      surgery subsample frcnn.pt -o frcnn81.pt --from-labels coco91 --to-labels coco80+bg
+      surgery subsample my-ner/ -o my-ner-small/ --classes O,B-PER,I-PER   # Hugging Face folder
     """
     _class_command("subsample", src, output, force, dry_run, as_json, quiet, verify_after, "gaussian", **class_args)
 
@@ -161,6 +173,7 @@ def subsample(src: Path, output: Path, force: bool, dry_run: bool, verify_after:
 @click.argument("src", type=click.Path(path_type=Path))
 @output_options
 @class_options
+@label_options
 @click.option("--init", default="gaussian", show_default=True, metavar="NAME", help="New classes: gaussian (mean 0, std 0.005), zeros, xavier, mean (of the old classes), or copy:C. New biases are zero unless mean or copy.")
 @click.option("--verify", "verify_after", is_flag=True, help="After writing, prove the old classes' outputs are unchanged.")
 @json_option
@@ -172,6 +185,7 @@ def upsample(src: Path, output: Path, force: bool, dry_run: bool, init: str, ver
     Examples:
       surgery upsample model.h5 -o more.h5 --num-classes 90 --anchors 4 --seed 7
       surgery upsample model.h5 -o more.h5 --classes 0-80,new,new --init copy:1
+      surgery upsample ssd_coco.h5 -o ssd_voc.h5 --from-labels coco80+bg --to-labels voc21 --init mean
     """
     _class_command("upsample", src, output, force, dry_run, as_json, quiet, verify_after, init, **class_args)
 

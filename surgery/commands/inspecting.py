@@ -47,6 +47,7 @@ def inspect(path: Path, filters: tuple[str, ...], as_json: bool, key: str | None
                 ],
                 "total_bytes": total,
                 "metadata": tree.metadata,
+                **({"labels": _labels(tree)} if _labels(tree) is not None else {}),  # class names, when known
             }
         )
         return
@@ -83,8 +84,20 @@ def _print_table(tree, entries: list, total: int) -> None:
         click.echo(f"metadata {_printable(key)} = {_shortened(_printable(value))}")
     from ..tree import DROPPED_ON_READ
 
+    labels = _labels(tree)
+    if labels is not None:
+        shown = ", ".join(_printable(n) for n in labels["names"])
+        click.echo(f"labels ({len(labels['names'])}, from {labels['source']}): {_shortened(shown, 300)}")
     if DROPPED_ON_READ in tree.format_state:
         click.echo(f"not read: {tree.format_state[DROPPED_ON_READ]}")
+
+
+def _labels(tree) -> dict | None:
+    """The class names the checkpoint carries (config.json id2label or recorded by surgery)."""
+    from ..labels import own
+
+    labels = own(tree)
+    return None if labels is None else {"names": list(labels.names), "source": labels.source}
 
 
 def _shortened(text: str, limit: int = 100) -> str:

@@ -26,6 +26,9 @@ import numpy as np
 from .. import dtypes
 from ..errors import OperationError
 from ..heads import CLASS_HEADS, HeadPattern
+from ..labels import follow as follow_labels
+from ..labels import prepare as prepare_names
+from ..labels import record as record_labels
 from ..naming import layer_of, layers, matches
 from ..provenance import record
 from ..report import Report
@@ -489,8 +492,12 @@ def _pick_classes(
 # -- applying -----------------------------------------------------------------------
 
 
-def apply_plan(tree: Tree, plan: ClassPlan, *, init: str = "gaussian", seed: int | None = None) -> tuple[Tree, Report]:
-    """The tree with every planned tensor replaced by a lazily computed one; dtypes are kept."""
+def apply_plan(tree: Tree, plan: ClassPlan, *, init: str = "gaussian", seed: int | None = None, labels: Sequence[str] | None = None) -> tuple[Tree, Report]:
+    """The tree with every planned tensor replaced by a lazily computed one; dtypes are kept.
+
+    `labels` are the new class names, one per output class; by default they follow the
+    tree's own labels (`surgery.labels.follow`). They are recorded as `surgery.labels`.
+    """
     copy_of = _parse_init(init, plan)
     seed = 0 if seed is None else seed
     report = Report("classes")
@@ -509,18 +516,28 @@ def apply_plan(tree: Tree, plan: ClassPlan, *, init: str = "gaussian", seed: int
     if plan.adds_classes:
         report.notes.append(f"new classes initialised with {init} (seed {seed})")
     edited = tree.derive(replace=replace, metadata=metadata)
+    edited = record_labels(edited, list(labels) if labels is not None else follow_labels(tree, plan.classes))
     step = "upsample" if plan.adds_classes else "subsample"
     return record(edited, step, classes=json.loads(metadata["surgery.source_classes"]), layers=[lp.layer for lp in plan.layers], init=init if plan.adds_classes else None, seed=seed if plan.adds_classes else None), report
 
 
-def resample_classes(tree: Tree, classes=None, *, init: str = "gaussian", seed: int | None = None, **options) -> tuple[Tree, Report]:
+def resample_classes(tree: Tree, classes=None, *, init: str = "gaussian", seed: int | None = None, labels=None, to_labels=None, background: bool = True, **options) -> tuple[Tree, Report]:
     """Plan and apply in one call; see `plan_classes` for the options.
+
+    `classes` may be class names, resolved in `labels` (a built-in table name, a label
+    file, or a list of names; default: the checkpoint's own labels), with background
+    kept first unless `background=False` (see `surgery.labels.resolve_classes`);
+    `to_labels` instead moves the head to that label space by name.
 
     Example:
         >>> new, report = resample_classes(tree, [0, 3, 8, 1, 2, 10, 4, 6, 12], anchors=4)  # doctest: +SKIP
+        >>> new, report = resample_classes(tree, ["person", "car"], labels="coco80+bg", anchors=4)  # doctest: +SKIP
     """
-    plan = plan_classes(tree, classes, seed=seed, **options)
-    return apply_plan(tree, plan, init=init, seed=seed)
+    named = prepare_names(tree, classes, labels=labels, background=background, to_labels=to_labels, layer_globs=options.pop("layer_globs", ()))
+    plan = plan_classes(tree, named.classes, seed=seed, layer_globs=named.layer_globs, **options)
+    edited, report = apply_plan(tree, plan, init=init, seed=seed, labels=named.names(plan))
+    report.notes[:0] = named.notes
+    return edited, report
 
 
 def _parse_init(init: str, plan: ClassPlan) -> int | None:
