@@ -79,7 +79,7 @@ def convert(
     cast_report = None
     if dtype:
         tree, cast_report = cast_floating(tree, dtype)
-    tree = _onnx_write_options(tree, output, to, dtype, external_data, size_threshold)
+    tree = _onnx_write_options(tree, output, to, dtype, external_data, size_threshold, shard_size is not None)
     fmt = check_output(tree, output, to, force=force, shard_size=shard_size)
     summary = {
         "input": str(src),
@@ -104,12 +104,12 @@ def convert(
         _print_convert_summary(summary, dtype)
 
 
-def _onnx_write_options(tree, output: Path, to: str | None, dtype: str | None, external_data: str | None, size_threshold: int | None):
+def _onnx_write_options(tree, output: Path, to: str | None, dtype: str | None, external_data: str | None, size_threshold: int | None, sharded: bool):
     """--external-data, --inline and --size-threshold go to the ONNX writer; ONNX refuses --dtype."""
     from ..errors import OperationError
     from ..formats import for_output
 
-    if for_output(output, to, sharded=False) != "onnx":
+    if for_output(output, to, sharded=sharded) != "onnx":
         given = "--external-data" if external_data == "external" else "--inline" if external_data else "--size-threshold" if size_threshold is not None else None
         if given:
             raise OperationError(f"{given} only applies to ONNX output", given, "drop it, or write a .onnx file")
