@@ -42,6 +42,9 @@ class Graph(Protocol):
     def strip_head(self, tree: Tree, globs: Sequence[str], family: str | None) -> tuple[Tree, Report]:
         """Cut the graph before its classification head."""
 
+    def class_axis(self, name: str) -> int | None:
+        """The output (class) axis of weight `name` as the node consuming it reads it, or None."""
+
 
 def graph_of(tree: Tree) -> Graph | None:
     """The graph `tree` carries, or None for a plain checkpoint."""

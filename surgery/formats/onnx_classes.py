@@ -262,7 +262,8 @@ def _reshape(f: _Follow, i: int, node: onnx.NodeProto, ins: Sequence[Flowing]) -
         if p == j:
             if e.value is not None and e.value > 0:
                 f.set_elem(node, e, out.size(new=True))
-                f.lines.append(f"Reshape {node_label(node)}: shape element {p} {e.value} -> {out.size(new=True)} (in {e.const})")
+                if e.value != out.size(new=True):
+                    f.lines.append(f"Reshape {node_label(node)}: shape element {p} {e.value} -> {out.size(new=True)} (constant {e.const})")
             elif e.value == -1 or (copies_class_axis and in_dims[p] == out_dims[p]):
                 pass  # inferred (or copied) at run time from the new size
             else:
@@ -718,7 +719,8 @@ def _apply_constants(follow: _Follow, before: Tree) -> tuple[dict[str, Entry], l
             inserted = _store_constant(index, before, const, name, value, replace_entries, add_entries)
             if inserted is not None:
                 pending.append(inserted)
-            follow.lines.append(f"constant {name}: {base.reshape(-1).tolist()} -> {value.reshape(-1).tolist()}" + (f" (a copy of {const}, which other nodes share)" if shared else ""))
+            if shared:
+                follow.lines.append(f"constant {name}: a copy of {const} (which other nodes share) holding {value.reshape(-1).tolist()}")
     for producer, clone in sorted(pending, key=lambda p: -p[0]):
         index.model.graph.node.insert(producer + 1, clone)
     return replace_entries, add_entries
@@ -776,7 +778,7 @@ def _apply_declared_shapes(follow: _Follow) -> None:
         if c.axis < len(dims) and dims[c.axis].HasField("dim_value") and dims[c.axis].dim_value == c.size():
             before = _dims([_dim_of(d) for d in dims])
             dims[c.axis].dim_value = c.size(new=True)
-            if info in graph.output:
+            if info in graph.output and c.size() != c.size(new=True):
                 follow.lines.append(f"output {info.name}: {before} -> {_dims([_dim_of(d) for d in dims])}")
 
 

@@ -59,6 +59,9 @@ class OnnxGraph:
     def strip_head(self, tree: Tree, globs: Sequence[str], family: str | None) -> tuple[Tree, Report]:
         return _surgery("strip_head")(self, tree, globs, family)
 
+    def class_axis(self, name: str) -> int | None:
+        return _surgery("class_axis")(self, name)
+
 
 def _surgery(name: str):
     try:

@@ -25,6 +25,7 @@ import numpy as np
 
 from .. import dtypes
 from ..errors import OperationError
+from ..graph import graph_of
 from ..heads import CLASS_HEADS, HeadPattern
 from ..naming import layer_of, layers, matches
 from ..provenance import record
@@ -335,6 +336,7 @@ def _describe(tree: Tree, c: _Layer, layout: str | None, axis: int | None, field
         c.fields = fields if fields is not None else (c.row.fields if c.row and c.row.fields else DEFAULT_FIELDS)
     if c.layout == "class-major":
         c.group = group if group is not None else (c.row.group if c.row and c.row.group > 1 else DEFAULT_GROUP)
+    given_axis = axis
     if axis is None:
         axis = tree.convention.out_axis
         if axis is None:
@@ -347,6 +349,10 @@ def _describe(tree: Tree, c: _Layer, layout: str | None, axis: int | None, field
     members, main = _layer_tensors(tree, c.name)
     if main is None:
         raise OperationError(f"layer {c.name} has no tensors with a class axis", c.name, "choose another layer with --layers")
+    graph = graph_of(tree)
+    if graph is not None and given_axis is None:  # in a graph, the node reading the kernel says (Gemm transB, MatMul)
+        found = graph.class_axis(main.name)
+        c.axis = axis if found is None else found
     try:
         c.channels = main.shape[_axis_of(main, axis)]
     except IndexError:
@@ -509,6 +515,9 @@ def apply_plan(tree: Tree, plan: ClassPlan, *, init: str = "gaussian", seed: int
     if plan.adds_classes:
         report.notes.append(f"new classes initialised with {init} (seed {seed})")
     edited = tree.derive(replace=replace, metadata=metadata)
+    graph = graph_of(tree)
+    if graph is not None:  # an ONNX graph: its Reshape constants, Splits and outputs follow the edit
+        edited = graph.follow_classes(tree, edited, plan, report)
     step = "upsample" if plan.adds_classes else "subsample"
     return record(edited, step, classes=json.loads(metadata["surgery.source_classes"]), layers=[lp.layer for lp in plan.layers], init=init if plan.adds_classes else None, seed=seed if plan.adds_classes else None), report
 

@@ -1,0 +1,39 @@
+"""Graph surgery on ONNX trees: what `OnnxGraph` (surgery.graph.Graph) delegates to.
+
+- `follow_classes`: after a class edit of a head's weights, fix every value downstream that
+  carries the class count (onnx_classes);
+- `truncate`, `strip_head`: cut the graph and drop what no longer feeds its outputs (onnx_cut);
+- `class_axis`: a weight's output (class) axis, read from the node that consumes it, for the
+  planner (`surgery.ops.classes`);
+- `verify`: run the original and the edited model in onnxruntime (onnx_verify).
+
+Each function takes the `OnnxGraph` first; none changes its input.
+"""
+
+from __future__ import annotations
+
+from .onnx_classes import follow_classes
+from .onnx_cut import strip_head, truncate
+from .onnx_index import class_axis_of_use
+
+__all__ = ["follow_classes", "truncate", "strip_head", "class_axis"]
+
+
+def class_axis(graph, name: str) -> int | None:
+    """The output axis of weight `name` as the nodes reading it see it; None if they do not agree or say.
+
+    Conv weight axis 0, ConvTranspose axis 1, Gemm B axis 0 with transB=1 (else 1), MatMul B
+    axis -1 (as a non-negative index), a bias axis 0.
+    """
+    rank = next((len(t.dims) for t in graph.model.graph.initializer if t.name == name), None)
+    axes = set()
+    for node in graph.model.graph.node:
+        if rank is None and node.op_type == "Constant" and node.output and node.output[0] == name:
+            rank = next((len(a.t.dims) for a in node.attribute if a.name == "value"), None)
+    if rank is None:
+        return None
+    for node in graph.model.graph.node:
+        for slot, value in enumerate(node.input):
+            if value == name:
+                axes.add(class_axis_of_use(node, slot, rank))
+    return axes.pop() if len(axes) == 1 else None
