@@ -77,6 +77,7 @@ def _plan(tree, classes, num_classes, seed, layer_globs, layout, source_classes,
 
 def _class_command(kind: str, src: Path, output: Path, force: bool, dry_run: bool, as_json: bool, quiet: bool, verify_after: bool, init: str, **class_args: Any) -> None:
     from ..errors import OperationError
+    from ..graph import graph_of
     from ..io import check_output, load
     from ..ops.classes import apply_plan, verify
     from ..tree import DROPPED_ON_READ
@@ -96,7 +97,11 @@ def _class_command(kind: str, src: Path, output: Path, force: bool, dry_run: boo
         report.notes.append(f"dropped {tree.format_state[DROPPED_ON_READ]}")
     fmt = check_output(edited, output, force=force)
     _write(kind, edited, output, fmt, force=force, dry_run=dry_run, quiet=quiet or as_json)
-    checks = verify(tree, edited if dry_run else load(output), plan) if verify_after else None
+    checks = verify(tree, edited if dry_run else load(output), plan) if verify_after and graph_of(tree) is None else None
+    if verify_after and graph_of(tree) is not None:  # a graph: run both models in onnxruntime
+        from ..formats.onnx_verify import verify_in_runtime
+
+        checks = verify_in_runtime(src, edited if dry_run else output, plan, seed=class_args["seed"] or 0)
     document = {"input": str(src), "output": str(output), "format": fmt, "dry_run": dry_run, **plan.to_json(tree)}
     document["notes"] = report.notes
     if checks is not None:
