@@ -352,7 +352,7 @@ def _describe(tree: Tree, c: _Layer, layout: str | None, axis: int | None, field
     graph = graph_of(tree)
     if graph is not None and given_axis is None:  # in a graph, the node reading the kernel says (Gemm transB, MatMul)
         found = graph.class_axis(main.name)
-        c.axis = axis if found is None else found
+        c.axis = axis = axis if found is None else found
     try:
         c.channels = main.shape[_axis_of(main, axis)]
     except IndexError:

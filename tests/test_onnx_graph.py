@@ -1,0 +1,319 @@
+"""Class surgery and cuts inside ONNX graphs, judged by onnxruntime and the ONNX checker.
+
+The RetinaFace-style model is exported here by real torch.onnx (TorchScript exporter, dynamic
+batch: its Reshapes take Concat(Shape(x)[0], -1, K)); smaller graphs are built with onnx.helper.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("torch")
+
+import onnx  # noqa: E402
+from helpers import error_line, run  # noqa: E402
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+from onnx_graph_models import (  # noqa: E402
+    check,
+    conv_head_model,
+    export,
+    node_named,
+    retinaface_module,
+    run_model,
+    seeded_input,
+    softmax_input,
+)
+
+import surgery  # noqa: E402
+from surgery.ops.classes import resample_classes  # noqa: E402
+
+pytestmark = pytest.mark.interop
+
+HEAD = ["--layers", "class_head*", "--source-classes", "2"]
+
+
+@pytest.fixture(scope="module")
+def retina(tmp_path_factory):
+    return export(retinaface_module(), tmp_path_factory.mktemp("retina") / "retina.onnx")
+
+
+@pytest.fixture(scope="module")
+def original(retina):
+    return run_model(retina, {"input": seeded_input()}, extra=(softmax_input(retina),))
+
+
+# -- class surgery -------------------------------------------------------------------
+
+
+def test_upsample_retinaface_keeps_old_logits_exactly(retina, original, tmp_path):
+    out = tmp_path / "three.onnx"
+    result = run("upsample", retina, "-o", out, "--num-classes", "3", *HEAD, "--init", "zeros")
+    assert result.exit_code == 0, result.stderr
+    batch = _declared(retina)["conf"][0]  # the exporter names the Softmax output's batch dim itself
+    assert f"graph: output conf: [{batch}, 640, 2] -> [{batch}, 640, 3]" in result.stdout
+    check(out)
+    logits = softmax_input(out)
+    edited = run_model(out, {"input": seeded_input()}, extra=(logits,))
+    assert edited["conf"].shape == (1, 640, 3)
+    old = original[softmax_input(retina)]
+    assert np.array_equal(edited[logits][..., :2], old)  # exact: onnxruntime rounds 6 channels as it rounds 4
+    assert np.array_equal(edited[logits][..., 2], np.zeros((1, 640), np.float32))
+    for name in ("loc", "landms"):
+        assert np.array_equal(edited[name], original[name])
+    assert _declared(out)["conf"] == [batch, 640, 3]
+
+
+def _declared(path) -> dict[str, list]:
+    return {o.name: [d.dim_value or d.dim_param for d in o.type.tensor_type.shape.dim] for o in onnx.load(str(path)).graph.output}
+
+
+def test_subsample_swaps_the_logits_exactly_and_leaves_other_outputs(retina, original, tmp_path):
+    out = tmp_path / "swapped.onnx"
+    result = run("subsample", retina, "-o", out, "--classes", "1,0", *HEAD, "--verify")
+    assert result.exit_code == 0, result.stderr
+    assert "verified: 8 kept channels in 2 layers, largest |difference| 0" in result.stdout
+    check(out)
+    edited = run_model(out, {"input": seeded_input()})
+    assert np.array_equal(edited["conf"], original["conf"][..., ::-1])
+    for name in ("loc", "landms"):
+        assert np.array_equal(edited[name], original[name])
+
+
+def test_subsample_to_one_class_rewrites_the_reshape(retina, original, tmp_path):
+    out = tmp_path / "faces.onnx"
+    result = run("subsample", retina, "-o", out, "--classes", "1", *HEAD)
+    assert result.exit_code == 0, result.stderr
+    check(out)
+    edited = run_model(out, {"input": seeded_input()}, extra=(softmax_input(out),))
+    assert np.array_equal(edited[softmax_input(out)][..., 0], original[softmax_input(retina)][..., 1])
+
+
+def test_dry_run_verify_in_runtime_writes_nothing(retina, tmp_path):
+    out = tmp_path / "never.onnx"
+    result = run("upsample", retina, "-o", out, "--num-classes", "4", *HEAD, "--verify", "--dry-run", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert not out.exists()
+    import json
+
+    rows = json.loads(result.stdout)["verify"]
+    assert [(r["layer"], r["compared"], r["channels"], r["max_abs_diff"]) for r in rows] == [("class_head.0", 4, 8, 0.0), ("class_head.1", 4, 8, 0.0)]
+
+
+def test_gather_of_a_fixed_class_is_refused(tmp_path):
+    path = export(retinaface_module(pick_class=1), tmp_path / "face_score.onnx")
+    gather = next(n.name for n in onnx.load(str(path)).graph.node if n.op_type == "Gather" and n.input[0] == "/Softmax_output_0")
+    result = run("subsample", path, "-o", tmp_path / "out.onnx", "--classes", "1,0", *HEAD)
+    assert result.exit_code == 1
+    assert error_line(result) == (
+        f"error: cannot carry the class change through node {gather} (Gather): it gathers fixed indices along the class axis (axis 2), "
+        f"which the edit renumbers ({gather}); cut the graph before it with `surgery truncate --after VALUE`, or pick the classes in your own code"
+    )
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_shared_shape_constant_gets_a_copy_for_the_class_head(tmp_path):
+    # 4 classes: the class and the bbox Reshapes both read a [.., 4] shape; only the class one may change.
+    weight, bias = np.arange(24 * 3, dtype=np.float32).reshape(24, 3) / 50, np.arange(24, dtype=np.float32) / 10
+    model = conv_head_model(2, 4, weight[:8], bias[:8])
+    g = model.graph
+    g.node.extend([
+        helper.make_node("Conv", ["x", "box.weight", "box.bias"], ["box_nchw"], name="box", kernel_shape=[1, 1]),
+        helper.make_node("Transpose", ["box_nchw"], ["box_nhwc"], name="box_nhwc", perm=[0, 2, 3, 1]),
+        helper.make_node("Reshape", ["box_nhwc", "conf_shape"], ["loc"], name="box_per_anchor"),
+    ])
+    g.initializer.extend([numpy_helper.from_array(weight[8:16].reshape(8, 3, 1, 1), "box.weight"), numpy_helper.from_array(bias[8:16], "box.bias")])
+    g.output.append(helper.make_tensor_value_info("loc", TensorProto.FLOAT, [1, 32, 4]))
+    src = tmp_path / "shared.onnx"
+    onnx.save(model, str(src))
+    tree = surgery.load(src)
+    edited, report = resample_classes(tree, [0, 2, 3], layer_globs=["head"], layout="anchor-major", anchors=2)
+    out = tmp_path / "out.onnx"
+    surgery.save(edited, out)
+    check(out)
+    assert "graph: constant conf_shape_classes: a copy of conf_shape (which other nodes share) holding [1, -1, 3]" in report.notes
+    x = {"x": seeded_input(shape=(1, 3, 4, 4))}
+    before, after = run_model(src, x, extra=("logits",)), run_model(out, x, extra=("logits",))
+    assert np.array_equal(after["loc"], before["loc"])
+    assert np.array_equal(after["logits"], before["logits"][..., [0, 2, 3]])
+
+
+def _split_slice_model(split_sizes: list[int] | None) -> onnx.ModelProto:
+    """YOLO-like: one anchor of 5 fields + 3 classes on the last axis, split into box/obj/classes and sliced."""
+    rng = np.random.default_rng(1)
+    nodes = [
+        helper.make_node("MatMul", ["x", "det.weight"], ["raw"], name="det"),
+        helper.make_node("Add", ["raw", "det.bias"], ["pred"], name="det_bias"),
+        helper.make_node("Split", ["pred", "sizes"], ["box", "obj", "cls"], name="split", axis=-1),
+        helper.make_node("Sigmoid", ["cls"], ["scores"], name="scores"),
+        helper.make_node("Slice", ["pred", "starts", "ends", "axes"], ["tail"], name="tail"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "fields",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 6])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2, d]) for n, d in (("box", 4), ("obj", 1), ("scores", 3), ("tail", 4))],
+        initializer=[
+            numpy_helper.from_array(rng.standard_normal((6, 8)).astype(np.float32), "det.weight"),
+            numpy_helper.from_array(rng.standard_normal(8).astype(np.float32), "det.bias"),
+            numpy_helper.from_array(np.array(split_sizes or [4, 1, 3], np.int64), "sizes"),
+            numpy_helper.from_array(np.array([4], np.int64), "starts"),
+            numpy_helper.from_array(np.array([np.iinfo(np.int64).max], np.int64), "ends"),
+            numpy_helper.from_array(np.array([-1], np.int64), "axes"),
+        ],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_split_sizes_and_slice_bounds_follow_a_yolo_style_head(tmp_path):
+    src = tmp_path / "fields.onnx"
+    onnx.save(_split_slice_model(None), str(src))
+    tree = surgery.load(src)
+    edited, report = resample_classes(tree, [2, 0, 0, 1], layer_globs=["det"], layout="anchor-major-fields", fields=5, anchors=1)
+    assert tree["det.weight"].shape == (6, 8) and edited["det.weight"].shape == (6, 9)  # MatMul B: class axis -1
+    assert report.notes[-4:] == [
+        "graph: Split split: sizes [4, 1, 3] -> [4, 1, 4]",
+        "graph: Slice tail: class axis [4, 8) -> [4, 9)",
+        "graph: output scores: [2, 3] -> [2, 4]",
+        "graph: output tail: [2, 4] -> [2, 5]",
+    ]
+    out = tmp_path / "out.onnx"
+    surgery.save(edited, out)
+    check(out)
+    x = {"x": seeded_input(shape=(2, 6))}
+    before, after = run_model(src, x), run_model(out, x)
+    assert np.array_equal(after["box"], before["box"]) and np.array_equal(after["obj"], before["obj"])
+    assert np.array_equal(after["scores"], before["scores"][:, [2, 0, 0, 1]])
+    assert np.array_equal(after["tail"], before["tail"][:, [0, 3, 1, 1, 2]])  # obj, then the classes
+
+
+def test_split_inside_the_classes_is_refused(tmp_path):
+    src = tmp_path / "fields.onnx"
+    onnx.save(_split_slice_model([4, 2, 2]), str(src))
+    with pytest.raises(surgery.errors.OperationError) as caught:
+        resample_classes(surgery.load(src), [0, 1], layer_globs=["det"], layout="anchor-major-fields", fields=5, anchors=1)
+    assert str(caught.value) == (
+        "cannot carry the class change through node split (Split): it takes the numbers 4..5 of a class axis of 8, "
+        "a fixed range of classes (split); cut the graph before it with `surgery truncate --after VALUE` and do that step in your own code"
+    )
+
+
+def test_concat_with_an_unedited_head_is_refused(tmp_path):
+    weight, bias = np.ones((4, 3), np.float32), np.zeros(4, np.float32)
+    model = conv_head_model(2, 2, weight, bias)
+    g = model.graph
+    g.node.extend([
+        helper.make_node("Conv", ["x", "other.weight", "other.bias"], ["other_nchw"], name="other", kernel_shape=[1, 1]),
+        helper.make_node("Concat", ["logits_nchw", "other_nchw"], ["both"], name="join", axis=0),
+    ])
+    g.initializer.extend([numpy_helper.from_array(weight.reshape(4, 3, 1, 1), "other.weight"), numpy_helper.from_array(bias, "other.bias")])
+    g.output.append(helper.make_tensor_value_info("both", TensorProto.FLOAT, None))
+    src = tmp_path / "join.onnx"
+    onnx.save(model, str(src))
+    with pytest.raises(surgery.errors.OperationError) as caught:
+        resample_classes(surgery.load(src), [1], layer_globs=["head"], layout="anchor-major", anchors=2)
+    assert str(caught.value) == (
+        "cannot carry the class change through node join (Concat): its input other_nchw is not part of the class edit but must agree "
+        "with it on axis 1 (join); cut the graph before it with `surgery truncate --after VALUE` and do that step in your own code, "
+        "or add its layer with --layers"
+    )
+
+
+def test_gemm_classifier_class_axis_comes_from_the_node(tmp_path):
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Flatten(), nn.Linear(12, 6), nn.ReLU(), nn.Linear(6, 5)).eval()
+    src = tmp_path / "mlp.onnx"
+    torch.onnx.export(module, (torch.zeros(2, 3, 2, 2),), str(src), dynamo=False, input_names=["x"], output_names=["logits"], dynamic_axes={"x": {0: "n"}})
+    assert next(n for n in onnx.load(str(src)).graph.node if n.op_type == "Gemm").attribute[-1].name == "transB"
+    out = tmp_path / "mlp3.onnx"
+    result = run("subsample", src, "-o", out, "--classes", "4,0,2", "--layers", "3", "--verify")
+    assert result.exit_code == 0, result.stderr
+    assert "graph: output logits: [n, 5] -> [n, 3]" in result.stdout
+    check(out)
+    x = {"x": seeded_input(shape=(2, 3, 2, 2))}
+    assert np.array_equal(run_model(out, x)["logits"], run_model(src, x)["logits"][:, [4, 0, 2]])
+
+
+# -- cuts ----------------------------------------------------------------------------
+
+
+def test_truncate_after_a_value_gives_that_single_output(retina, tmp_path):
+    features = "/Relu_1_output_0"
+    out = tmp_path / "body.onnx"
+    result = run("truncate", retina, "-o", out, "--after", features, "--json")
+    assert result.exit_code == 0, result.stderr
+    check(out)
+    model = onnx.load(str(out))
+    assert [o.name for o in model.graph.output] == [features]
+    assert {t.name for t in model.graph.initializer} == {"body.weight", "body.bias", "down.weight", "down.bias"}
+    assert [o.domain for o in model.opset_import] == [""]
+    x = {"input": seeded_input()}
+    assert np.array_equal(run_model(out, x)[features], run_model(retina, x, extra=(features,))[features])
+    import json
+
+    document = json.loads(result.stdout)
+    assert document["kept_tensors"] == 4 and len(document["removed_tensors"]) == 12
+    assert {"name": "/class_head.0/Conv", "op": "Conv"} in document["removed_nodes"]
+
+
+def test_truncate_after_a_node_name(retina, tmp_path):
+    out = tmp_path / "logits.onnx"
+    concat = node_named(retina, "Softmax")
+    result = run("truncate", retina, "-o", out, "--after", concat)
+    assert result.exit_code == 0, result.stderr
+    check(out)
+    x = {"input": seeded_input()}
+    assert np.array_equal(run_model(out, x)["conf"], run_model(retina, x)["conf"])
+    assert {t.name for t in onnx.load(str(out)).graph.initializer} == {"body.weight", "body.bias", "down.weight", "down.bias", "class_head.0.weight", "class_head.0.bias", "class_head.1.weight", "class_head.1.bias"}
+
+
+def test_truncate_unknown_name_suggests_the_nearest(retina, tmp_path):
+    result = run("truncate", retina, "-o", tmp_path / "x.onnx", "--after", "/Relu_9")
+    assert result.exit_code == 1
+    assert error_line(result) == "error: no node or value named '/Relu_9' (--after); nearest names: /Relu_1, /Relu, /Relu_output_0"
+
+
+def test_strip_head_cuts_before_the_class_head(retina, tmp_path):
+    out = tmp_path / "no_conf.onnx"
+    result = run("strip-head", retina, "-o", out, "--head", "class_head*")
+    assert result.exit_code == 0, result.stderr
+    assert "head: --head class_head*: 2 layers, 4 tensors" in result.stdout
+    check(out)
+    model = onnx.load(str(out))
+    assert [o.name for o in model.graph.output] == ["loc", "landms", "/Relu_output_0", "/Relu_1_output_0"]
+    assert not [t.name for t in model.graph.initializer if t.name.startswith("class_head")]
+    x = {"input": seeded_input()}
+    before, after = run_model(retina, x, extra=("/Relu_output_0", "/Relu_1_output_0")), run_model(out, x)
+    for name in after:
+        assert np.array_equal(after[name], before[name])
+
+
+def test_strip_head_of_a_classifier_by_the_table(tmp_path):
+    import torch
+    from torch import nn
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.features = nn.Conv2d(3, 4, 3)
+            self.fc = nn.Linear(4, 10)
+
+        def forward(self, x):
+            return torch.softmax(self.fc(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(self.features(x), 1), 1)), -1)
+
+    src = tmp_path / "net.onnx"
+    torch.onnx.export(Net().eval(), (torch.zeros(1, 3, 8, 8),), str(src), dynamo=False, input_names=["x"], output_names=["p"])
+    out = tmp_path / "body.onnx"
+    result = run("strip-head", src, "-o", out, "--json")
+    assert result.exit_code == 0, result.stderr
+    check(out)
+    model = onnx.load(str(out))
+    flatten = next(n.output[0] for n in onnx.load(str(src)).graph.node if n.op_type == "Flatten")
+    assert [o.name for o in model.graph.output] == [flatten]
+    x = {"x": seeded_input(shape=(1, 3, 8, 8))}
+    assert np.array_equal(run_model(out, x)[flatten], run_model(src, x, extra=(flatten,))[flatten])
+    assert sorted(t.name for t in model.graph.initializer) == ["features.bias", "features.weight"]
