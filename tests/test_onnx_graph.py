@@ -317,3 +317,21 @@ def test_strip_head_of_a_classifier_by_the_table(tmp_path):
     x = {"x": seeded_input(shape=(1, 3, 8, 8))}
     assert np.array_equal(run_model(out, x)[flatten], run_model(src, x, extra=(flatten,))[flatten])
     assert sorted(t.name for t in model.graph.initializer) == ["features.bias", "features.weight"]
+
+
+@pytest.mark.slow  # torch's dynamo exporter takes seconds to start
+def test_dynamo_export_with_external_data_and_a_shape_shared_with_the_box_head(tmp_path):
+    # 4 classes and 4 box numbers: the dynamo exporter gives the class and box Reshapes one shape initializer.
+    src = export(retinaface_module(classes=4), tmp_path / "retina4.onnx", dynamo=True)
+    assert (tmp_path / "retina4.onnx.data").exists()
+    out = tmp_path / "two.onnx"
+    result = run("subsample", src, "-o", out, "--classes", "3,1", "--layers", "class_head*", "--source-classes", "4", "--verify")
+    assert result.exit_code == 0, result.stderr
+    assert "a copy of" in result.stdout and "(which other nodes share) holding [1, -1, 2]" in result.stdout
+    check(out)
+    x = {"input": seeded_input()}
+    logits = softmax_input(src)
+    before, after = run_model(src, x, extra=(logits,)), run_model(out, x, extra=(softmax_input(out),))
+    assert np.array_equal(after[softmax_input(out)], before[logits][..., [3, 1]])
+    for name in ("loc", "landms"):
+        assert np.array_equal(after[name], before[name])
