@@ -45,6 +45,9 @@ class Graph(Protocol):
     def class_axis(self, name: str) -> int | None:
         """The output (class) axis of weight `name` as the node consuming it reads it, or None."""
 
+    def layers_of_nodes(self, globs: Sequence[str]) -> dict[str, list[str]]:
+        """For each glob, the layers (see `surgery.naming.layer_of`) of the weights read by the nodes it names."""
+
 
 def graph_of(tree: Tree) -> Graph | None:
     """The graph `tree` carries, or None for a plain checkpoint."""

@@ -335,3 +335,10 @@ def test_dynamo_export_with_external_data_and_a_shape_shared_with_the_box_head(t
     assert np.array_equal(after[softmax_input(out)], before[logits][..., [3, 1]])
     for name in ("loc", "landms"):
         assert np.array_equal(after[name], before[name])
+
+
+def test_layers_may_name_the_nodes(retina, tmp_path):
+    result = run("subsample", retina, "-o", tmp_path / "x.onnx", "--classes", "1,0", "--source-classes", "2", "--layers", "/class_head.*/Conv", "--dry-run")
+    assert result.exit_code == 0, result.stderr
+    assert "class_head.0: chosen by --layers /class_head.*/Conv; 4 channels = 2 anchors × 2 (classes from --source-classes)" in result.stdout
+    assert "class_head.1: chosen by --layers /class_head.*/Conv" in result.stdout

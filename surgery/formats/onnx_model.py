@@ -62,6 +62,9 @@ class OnnxGraph:
     def class_axis(self, name: str) -> int | None:
         return _surgery("class_axis")(self, name)
 
+    def layers_of_nodes(self, globs: Sequence[str]) -> dict[str, list[str]]:
+        return _surgery("layers_of_nodes")(self, globs)
+
 
 def _surgery(name: str):
     try:

@@ -3,8 +3,8 @@
 - `follow_classes`: after a class edit of a head's weights, fix every value downstream that
   carries the class count (onnx_classes);
 - `truncate`, `strip_head`: cut the graph and drop what no longer feeds its outputs (onnx_cut);
-- `class_axis`: a weight's output (class) axis, read from the node that consumes it, for the
-  planner (`surgery.ops.classes`);
+- `class_axis`: a weight's output (class) axis, read from the node that consumes it, and
+  `layers_of_nodes`: the layers `--layers NODE_GLOB` names, for the planner (`surgery.ops.classes`);
 - `verify`: run the original and the edited model in onnxruntime (onnx_verify).
 
 Each function takes the `OnnxGraph` first; none changes its input.
@@ -14,9 +14,10 @@ from __future__ import annotations
 
 from .onnx_classes import follow_classes
 from .onnx_cut import strip_head, truncate
+from ..naming import layer_of, matches
 from .onnx_index import class_axis_of_use
 
-__all__ = ["follow_classes", "truncate", "strip_head", "class_axis"]
+__all__ = ["follow_classes", "truncate", "strip_head", "class_axis", "layers_of_nodes"]
 
 
 def class_axis(graph, name: str) -> int | None:
@@ -37,3 +38,18 @@ def class_axis(graph, name: str) -> int | None:
             if value == name:
                 axes.add(class_axis_of_use(node, slot, rank))
     return axes.pop() if len(axes) == 1 else None
+
+
+def layers_of_nodes(graph, globs) -> dict[str, list[str]]:
+    """For each glob, the layers of the named weights that the nodes it matches read.
+
+    `--layers '/class_head.0/Conv'` (a TorchScript node name) then picks layer `class_head.0`.
+    Weights without a layer in their name (`onnx::Conv_12`) have none to give.
+    """
+    weights = {t.name for t in graph.model.graph.initializer}
+    weights |= {n.output[0] for n in graph.model.graph.node if n.op_type == "Constant" and n.output}
+    out: dict[str, list[str]] = {}
+    for glob in globs:
+        found = [layer_of(name) for node in graph.model.graph.node if node.name and matches(node.name, [glob]) for name in node.input if name in weights]
+        out[glob] = [layer for layer in dict.fromkeys(found) if layer]
+    return out

@@ -296,15 +296,17 @@ def _choose_layers(
     all_layers = layers(tree)
     chosen: list[_Layer] = []
     if globs:
+        graph = graph_of(tree)  # in a graph, a glob may also name the nodes that read a layer's weights
+        by_node = graph.layers_of_nodes(globs) if graph is not None else {}
         for g in globs:
-            if not any(matches(name, [g]) for name in all_layers):
+            if not any(matches(name, [g]) for name in all_layers) and not by_node.get(g):
                 raise OperationError(
                     f"--layers {g} matches no layer",
                     "--layers",
                     "list the layers with `surgery inspect`; globs are case-sensitive and '*' crosses '/' and '.'",
                 )
         for name in all_layers:
-            hit = next((g for g in globs if matches(name, [g])), None)
+            hit = next((g for g in globs if matches(name, [g]) or name in by_node.get(g, ())), None)
             if hit is not None:
                 row = next((r for r in CLASS_HEADS if matches(name, r.layers)), None)
                 chosen.append(_Layer(name, row, f"chosen by --layers {hit}"))
