@@ -32,6 +32,7 @@ from .onnx_index import Dim, GraphIndex, attribute, node_label, subgraph_names
 
 __all__ = ["Carrier", "follow_classes"]
 
+_ATTRIBUTE = ""  # an _Elem's `const` when the value is a node attribute, not a constant input
 _CUT_FIX = "cut the graph before it with `surgery truncate --after VALUE` and do that step in your own code"
 
 
@@ -104,6 +105,8 @@ class _Follow:
     def set_elem(self, node: onnx.NodeProto, elem: _Elem, value: int) -> None:
         if elem.value == value:
             return
+        if elem.const == _ATTRIBUTE:
+            self.refuse(node, "its bounds are attributes (Slice before opset 10), which surgery does not rewrite", "export the model with opset 10 or later")
         if elem.const is None:
             self.refuse(node, f"the size {elem.value} it needs to change is computed at run time")
         wanted = self.const_edits.setdefault(elem.const, {}).setdefault((elem.node, elem.slot), {})
@@ -436,9 +439,9 @@ def _slice(f: _Follow, i: int, node: onnx.NodeProto, ins: Sequence[Flowing]) -> 
 
 
 def _slice_args(f: _Follow, i: int, node: onnx.NodeProto) -> tuple[list[_Elem], list[_Elem], list[_Elem], list[int]]:
-    if f.index.opset < 10:  # bounds are attributes: rewrite them there
-        starts = [_Elem(int(v), None) for v in attribute(node, "starts")]
-        ends = [_Elem(int(v), None) for v in attribute(node, "ends")]
+    if f.index.opset < 10:  # Slice-1: the bounds are attributes
+        starts = [_Elem(int(v), _ATTRIBUTE) for v in attribute(node, "starts")]
+        ends = [_Elem(int(v), _ATTRIBUTE) for v in attribute(node, "ends")]
         axes = [_Elem(int(v)) for v in attribute(node, "axes", range(len(starts)))]
         return starts, ends, axes, [1] * len(starts)
     for slot in range(1, len(node.input)):
@@ -790,7 +793,7 @@ def _check_shapes(original: onnx.ModelProto, edited: onnx.ModelProto) -> None:
         return
     try:
         onnx.shape_inference.infer_shapes(edited, check_type=True, strict_mode=True, data_prop=True)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:  # noqa: BLE001 - onnx raises several types here
         raise OperationError(
             f"the edited graph fails ONNX shape inference: {' '.join(str(e).split())[:300]}",
             "graph",

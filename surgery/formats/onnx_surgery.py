@@ -12,12 +12,12 @@ Each function takes the `OnnxGraph` first; none changes its input.
 
 from __future__ import annotations
 
+from ..naming import layer_of, matches
 from .onnx_classes import follow_classes
 from .onnx_cut import strip_head, truncate
-from ..naming import layer_of, matches
 from .onnx_index import class_axis_of_use
 
-__all__ = ["follow_classes", "truncate", "strip_head", "class_axis", "layers_of_nodes"]
+__all__ = ["class_axis", "follow_classes", "layers_of_nodes", "strip_head", "truncate"]
 
 
 def class_axis(graph, name: str) -> int | None:
