@@ -342,3 +342,55 @@ def test_layers_may_name_the_nodes(retina, tmp_path):
     assert result.exit_code == 0, result.stderr
     assert "class_head.0: chosen by --layers /class_head.*/Conv; 4 channels = 2 anchors × 2 (classes from --source-classes)" in result.stdout
     assert "class_head.1: chosen by --layers /class_head.*/Conv" in result.stdout
+
+
+def test_torchvision_style_reshape_of_the_nchw_conv_output(tmp_path):
+    # torchvision's RetinaNet/SSD: view(N, -1, K, H, W).permute(0, 3, 4, 1, 2).reshape(N, -1, K), H and W read from the shape.
+    import torch
+    from torch import nn
+
+    class Head(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.body = nn.Conv2d(3, 8, 3, padding=1)
+            self.cls_logits = nn.Conv2d(8, 3 * 4, 3, padding=1)
+
+        def forward(self, x):
+            y = self.cls_logits(torch.relu(self.body(x)))
+            n, _, h, w = y.shape
+            return y.view(n, -1, 4, h, w).permute(0, 3, 4, 1, 2).reshape(n, -1, 4)
+
+    src = tmp_path / "retinanet.onnx"
+    torch.onnx.export(Head().eval(), (torch.zeros(1, 3, 8, 8),), str(src), dynamo=False, input_names=["x"], output_names=["cls"], dynamic_axes={"x": {0: "n"}}, opset_version=17)
+    out = tmp_path / "two.onnx"
+    result = run("subsample", src, "-o", out, "--classes", "3,1", "--anchors", "3", "--verify")
+    assert result.exit_code == 0, result.stderr
+    assert "cls_logits: retinanet head (classes: *cls_logits)" in result.stdout
+    assert "graph: output cls: [n, 192, 4] -> [n, 192, 2]" in result.stdout
+    check(out)
+    x = {"x": seeded_input(shape=(1, 3, 8, 8))}
+    assert np.array_equal(run_model(out, x)["cls"], run_model(src, x)["cls"][..., [3, 1]])
+
+
+def test_constant_only_head_is_edited_in_its_constant_nodes(tmp_path):
+    # Paddle2ONNX keeps weights in Constant nodes; the shape vector is a small Constant the graph itself holds.
+    rng = np.random.default_rng(3)
+    model = conv_head_model(2, 3, rng.standard_normal((6, 3)).astype(np.float32), rng.standard_normal(6).astype(np.float32))
+    g = model.graph
+    constants = [helper.make_node("Constant", [], [t.name], name=f"const_{t.name}", value=t) for t in g.initializer]
+    del g.initializer[:]
+    for node in reversed(constants):
+        g.node.insert(0, node)
+    src = tmp_path / "constants.onnx"
+    onnx.save(model, str(src))
+    tree = surgery.load(src)
+    assert sorted(tree) == ["head.bias", "head.weight"]  # conf_shape is graph structure, not a weight
+    edited, _ = resample_classes(tree, [2, 0], layer_globs=["head"], layout="anchor-major", anchors=2)
+    out = tmp_path / "out.onnx"
+    surgery.save(edited, out)
+    check(out)
+    shape_node = next(n for n in onnx.load(str(out)).graph.node if n.output[0] == "conf_shape")
+    assert numpy_helper.to_array(shape_node.attribute[0].t).tolist() == [1, -1, 2]
+    x = {"x": seeded_input(shape=(1, 3, 4, 4))}
+    assert np.array_equal(run_model(out, x, extra=("logits",))["logits"], run_model(src, x, extra=("logits",))["logits"][..., [2, 0]])
