@@ -1,7 +1,7 @@
 """Graph surgery on ONNX trees: what `OnnxGraph` (surgery.graph.Graph) delegates to.
 
 - `follow_classes`: after a class edit of a head's weights, fix every value downstream that
-  carries the class count (onnx_classes);
+  carries the class count (onnx_classes, with onnx_carriers and the per-operator onnx_class_rules);
 - `truncate`, `strip_head`: cut the graph and drop what no longer feeds its outputs (onnx_cut);
 - `class_axis`: a weight's output (class) axis, read from the node that consumes it, and
   `layers_of_nodes`: the layers `--layers NODE_GLOB` names, for the planner (`surgery.ops.classes`);
