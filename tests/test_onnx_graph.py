@@ -394,3 +394,65 @@ def test_constant_only_head_is_edited_in_its_constant_nodes(tmp_path):
     assert numpy_helper.to_array(shape_node.attribute[0].t).tolist() == [1, -1, 2]
     x = {"x": seeded_input(shape=(1, 3, 4, 4))}
     assert np.array_equal(run_model(out, x, extra=("logits",))["logits"], run_model(src, x, extra=("logits",))["logits"][..., [2, 0]])
+
+
+def test_yolov5_style_detect_head_split_and_concat_of_fields(tmp_path):
+    # YOLOv5's Detect: view(bs, na, no, ny, nx).permute(...), split((2, 2, nc + 1), 4), cat((xy, wh, conf), 4), view(bs, -1, no).
+    import torch
+    from torch import nn
+
+    class Detect(nn.Module):
+        def __init__(self, nc: int = 3, na: int = 2) -> None:
+            super().__init__()
+            self.nc, self.na, self.no = nc, na, nc + 5
+            self.m = nn.ModuleList(nn.Conv2d(8, na * self.no, 1) for _ in range(2))
+            self.register_buffer("grid", torch.randn(2, 1, na, 4, 4, 2))
+
+        def forward(self, feats):
+            z = []
+            for i, x in enumerate(feats):
+                x = self.m[i](x)
+                bs, _, ny, nx = x.shape
+                y = x.view(bs, self.na, self.no, ny, nx).permute(0, 1, 3, 4, 2).contiguous().sigmoid()
+                xy, wh, conf = y.split((2, 2, self.nc + 1), 4)
+                z.append(torch.cat((xy * 2 + self.grid[i], (wh * 2) ** 2, conf), 4).view(bs, -1, self.no))
+            return torch.cat(z, 1)
+
+    class Model(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.model = nn.ModuleList([nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1), Detect()])
+
+        def forward(self, x):
+            a = torch.relu(self.model[0](x))
+            return self.model[2]([a, torch.relu(self.model[1](a))])
+
+    src = tmp_path / "yolo.onnx"
+    torch.onnx.export(Model().eval(), (torch.zeros(1, 3, 4, 4),), str(src), dynamo=False, input_names=["images"], output_names=["output0"], opset_version=17)
+    out = tmp_path / "two.onnx"
+    result = run("subsample", src, "-o", out, "--classes", "2,0", "--anchors", "2", "--verify")
+    assert result.exit_code == 0, result.stderr
+    assert "model.2.m.0: yolo head (classes: model.*.m.*)" in result.stdout
+    assert "graph: Split /model.2/Split: sizes [2, 2, 4] -> [2, 2, 3]" in result.stdout
+    check(out)
+    x = {"images": seeded_input(shape=(1, 3, 4, 4))}
+    before, after = run_model(src, x)["output0"], run_model(out, x)["output0"]
+    assert after.shape == (1, 64, 7)
+    assert np.array_equal(after, before[..., [0, 1, 2, 3, 4, 7, 5]])  # box, objectness, then classes 2 and 0
+
+
+def test_an_operator_without_a_rule_is_refused_by_name(tmp_path):
+    model = conv_head_model(1, 3, np.ones((3, 3), np.float32), np.zeros(3, np.float32))
+    g = model.graph
+    g.initializer.append(numpy_helper.from_array(np.array([2], np.int64), "k"))
+    g.node.append(helper.make_node("TopK", ["logits", "k"], ["top", "top_index"], name="best_two", axis=-1))
+    g.output.append(helper.make_tensor_value_info("top", TensorProto.FLOAT, None))
+    src = tmp_path / "topk.onnx"
+    onnx.save(model, str(src))
+    with pytest.raises(surgery.errors.OperationError) as caught:
+        resample_classes(surgery.load(src), [0, 1], layer_globs=["head"], source_classes=3)
+    assert str(caught.value) == (
+        "cannot carry the class change through node best_two (TopK): surgery has no rule for this operator on the class axis "
+        "(best_two); cut the graph before it with `surgery truncate --after VALUE` and do that step in your own code"
+    )

@@ -236,6 +236,8 @@ def _concat(state: Walk, i: int, node: onnx.NodeProto, ins: Sequence[Flowing]) -
     if not isinstance(first, Carrier) or any(isinstance(v, ShapeOf) for v in ins):
         state.refuse(node, "it joins the shape of a value that carries the classes")
     axis = _axis(node, first.rank)
+    if axis == first.axis and sum(v is not None for v in ins) == 1 and ins[-1] is first:
+        return [_fields_before(state, node, first)]
     for name, v in zip(node.input, ins):
         if v is None:
             state.refuse(node, f"its input {name} is not part of the class edit but must agree with it on axis {first.axis}", CUT_FIX + ", or add its layer with --layers")
@@ -244,6 +246,19 @@ def _concat(state: Walk, i: int, node: onnx.NodeProto, ins: Sequence[Flowing]) -
     if axis == first.axis:
         return [first.at(axis, first.rank, groups=sum(v.groups for v in ins if isinstance(v, Carrier)))]
     return [first]
+
+
+def _fields_before(state: Walk, node: onnx.NodeProto, c: Carrier) -> Carrier:
+    """Concat(fields..., classes) on the class axis (YOLOv5's cat((xy, wh, conf), -1)): more leading fields."""
+    if c.groups != 1 or c.inner != 1:
+        state.refuse(node, f"it puts other values before a class axis of {c.groups} groups")
+    added = 0
+    for name in node.input[:-1]:
+        shape = state.index.shapes.get(name)
+        if shape is None or len(shape) != c.rank or not isinstance(shape[c.axis], int):
+            state.refuse(node, f"the size of its input {name} on the class axis is unknown")
+        added += shape[c.axis]
+    return c.at(c.axis, c.rank, fields=c.fields + added)
 
 
 def _split(state: Walk, i: int, node: onnx.NodeProto, ins: Sequence[Flowing]) -> list[Flowing]:
