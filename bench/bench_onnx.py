@@ -12,7 +12,8 @@ Method (also in BENCHMARKS.md):
   4. Check: the safetensors and the transplanted model's weights equal the original bit for bit.
   5. Library figures for the choice of reader (in one process, median of 3): the time to read the
      graph with onnx.load(load_external_data=False), with onnx_ir.load, and surgery.load, for the
-     big external-data model and for an inline model of --inline-gb.
+     big external-data model and for an inline model of --inline-gb; and what importing
+     protobuf, onnx and onnx_ir costs a fresh process.
 
 Usage: python bench/bench_onnx.py [--size-gb 4.2] [--inline-gb 1.0] [--repeats 3] [--workdir DIR] [--json]
 """
@@ -30,7 +31,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import best_of, mib, remove, surgery_argv, warm  # noqa: E402
+from _measure import best_of, mib, remove, run_measured, surgery_argv, warm  # noqa: E402
 
 MiB = 1 << 20
 LARGEST = 256 * MiB
@@ -101,6 +102,15 @@ def read_graph_times(path: Path, repeats: int = 3) -> dict[str, float]:
     return times
 
 
+def import_costs() -> dict[str, dict[str, float]]:
+    """Wall time and peak RSS of a fresh Python that only imports each library (median of 3)."""
+    costs = {}
+    for name in ("google.protobuf.message", "onnx", "onnx_ir"):
+        runs = [run_measured([sys.executable, "-c", f"import {name}"]) for _ in range(3)]
+        costs[name] = {"wall_s": statistics.median(w for w, _ in runs), "peak_rss_bytes": max(r for _, r in runs)}
+    return costs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size-gb", type=float, default=4.2)
@@ -153,6 +163,7 @@ def main() -> None:
         inline = work / "inline.onnx"
         results["inline_bytes"] = inline.stat().st_size
         results["read_graph_s"]["inline"] = read_graph_times(inline)
+    results["import"] = import_costs()
 
     budget = LARGEST + 300 * MiB
     for step in ("convert_to_safetensors", "transplant_into_onnx"):
@@ -178,6 +189,7 @@ def main() -> None:
     for kind, times in results["read_graph_s"].items():
         size = f" ({results['inline_bytes'] / 1e9:.2f} GB)" if kind == "inline" else ""
         print(f"read the graph, {kind}{size}: " + ", ".join(f"{name} {t:.3f} s" for name, t in times.items()))
+    print("import: " + ", ".join(f"{name} {c['wall_s']:.2f} s {mib(c['peak_rss_bytes'])}" for name, c in results["import"].items()))
 
 
 if __name__ == "__main__":
