@@ -344,6 +344,17 @@ def test_layers_may_name_the_nodes(retina, tmp_path):
     assert "class_head.1: chosen by --layers /class_head.*/Conv" in result.stdout
 
 
+def _export_and_subsample(tmp_path, module, shape, input_name, output_name, *options, dynamic_axes=None):
+    """Export `module` with the TorchScript exporter, then `subsample ... --verify` it: (source, output, result)."""
+    import torch
+
+    src, out = tmp_path / "model.onnx", tmp_path / "edited.onnx"
+    torch.onnx.export(module.eval(), (torch.zeros(shape),), str(src), dynamo=False, input_names=[input_name], output_names=[output_name], dynamic_axes=dynamic_axes, opset_version=17)
+    result = run("subsample", src, "-o", out, *options, "--verify")
+    assert result.exit_code == 0, result.stderr
+    return src, out, result
+
+
 def test_torchvision_style_reshape_of_the_nchw_conv_output(tmp_path):
     # torchvision's RetinaNet/SSD: view(N, -1, K, H, W).permute(0, 3, 4, 1, 2).reshape(N, -1, K), H and W read from the shape.
     import torch
@@ -361,11 +372,7 @@ def test_torchvision_style_reshape_of_the_nchw_conv_output(tmp_path):
             n, _, h, w = y.shape
             return y.view(n, -1, 4, h, w).permute(0, 3, 4, 1, 2).reshape(n, -1, 4)
 
-    src = tmp_path / "retinanet.onnx"
-    torch.onnx.export(Head().eval(), (torch.zeros(1, 3, 8, 8),), str(src), dynamo=False, input_names=["x"], output_names=["cls"], dynamic_axes={"x": {0: "n"}}, opset_version=17)
-    out = tmp_path / "two.onnx"
-    result = run("subsample", src, "-o", out, "--classes", "3,1", "--anchors", "3", "--verify")
-    assert result.exit_code == 0, result.stderr
+    src, out, result = _export_and_subsample(tmp_path, Head(), (1, 3, 8, 8), "x", "cls", "--classes", "3,1", "--anchors", "3", dynamic_axes={"x": {0: "n"}})
     assert "cls_logits: retinanet head (classes: *cls_logits)" in result.stdout
     assert "graph: output cls: [n, 192, 4] -> [n, 192, 2]" in result.stdout
     check(out)
@@ -428,11 +435,7 @@ def test_yolov5_style_detect_head_split_and_concat_of_fields(tmp_path):
             a = torch.relu(self.model[0](x))
             return self.model[2]([a, torch.relu(self.model[1](a))])
 
-    src = tmp_path / "yolo.onnx"
-    torch.onnx.export(Model().eval(), (torch.zeros(1, 3, 4, 4),), str(src), dynamo=False, input_names=["images"], output_names=["output0"], opset_version=17)
-    out = tmp_path / "two.onnx"
-    result = run("subsample", src, "-o", out, "--classes", "2,0", "--anchors", "2", "--verify")
-    assert result.exit_code == 0, result.stderr
+    src, out, result = _export_and_subsample(tmp_path, Model(), (1, 3, 4, 4), "images", "output0", "--classes", "2,0", "--anchors", "2")
     assert "model.2.m.0: yolo head (classes: model.*.m.*)" in result.stdout
     assert "graph: Split /model.2/Split: sizes [2, 2, 4] -> [2, 2, 3]" in result.stdout
     check(out)
