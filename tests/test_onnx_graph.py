@@ -356,7 +356,8 @@ def _export_and_subsample(tmp_path, module, shape, input_name, output_name, *opt
 
 
 def test_torchvision_style_reshape_of_the_nchw_conv_output(tmp_path):
-    # torchvision's RetinaNet/SSD: view(N, -1, K, H, W).permute(0, 3, 4, 1, 2).reshape(N, -1, K), H and W read from the shape.
+    # torchvision's RetinaNet: one cls_logits conv shared by every feature map, each output
+    # view(N, -1, K, H, W).permute(0, 3, 4, 1, 2).reshape(N, -1, K) (H and W read from its shape), then cat.
     import torch
     from torch import nn
 
@@ -365,16 +366,21 @@ def test_torchvision_style_reshape_of_the_nchw_conv_output(tmp_path):
             super().__init__()
             torch.manual_seed(0)
             self.body = nn.Conv2d(3, 8, 3, padding=1)
+            self.down = nn.Conv2d(8, 8, 3, stride=2, padding=1)
             self.cls_logits = nn.Conv2d(8, 3 * 4, 3, padding=1)
 
         def forward(self, x):
-            y = self.cls_logits(torch.relu(self.body(x)))
-            n, _, h, w = y.shape
-            return y.view(n, -1, 4, h, w).permute(0, 3, 4, 1, 2).reshape(n, -1, 4)
+            f1 = torch.relu(self.body(x))
+            outs = []
+            for f in (f1, torch.relu(self.down(f1))):
+                y = self.cls_logits(f)
+                n, _, h, w = y.shape
+                outs.append(y.view(n, -1, 4, h, w).permute(0, 3, 4, 1, 2).reshape(n, -1, 4))
+            return torch.cat(outs, 1)
 
     src, out, result = _export_and_subsample(tmp_path, Head(), (1, 3, 8, 8), "x", "cls", "--classes", "3,1", "--anchors", "3", dynamic_axes={"x": {0: "n"}})
     assert "cls_logits: retinanet head (classes: *cls_logits)" in result.stdout
-    assert "graph: output cls: [n, 192, 4] -> [n, 192, 2]" in result.stdout
+    assert "graph: output cls: [Concatcls_dim_0, 240, 4] -> [Concatcls_dim_0, 240, 2]" in result.stdout  # the exporter names the dim
     check(out)
     x = {"x": seeded_input(shape=(1, 3, 8, 8))}
     assert np.array_equal(run_model(out, x)["cls"], run_model(src, x)["cls"][..., [3, 1]])
