@@ -16,6 +16,7 @@ import onnx  # noqa: E402
 from helpers import error_line, run  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from onnx_graph_models import (  # noqa: E402
+    INPUT_SHAPE,
     check,
     conv_head_model,
     export,
@@ -465,3 +466,23 @@ def test_an_operator_without_a_rule_is_refused_by_name(tmp_path):
         "cannot carry the class change through node best_two (TopK): surgery has no rule for this operator on the class axis "
         "(best_two); cut the graph before it with `surgery truncate --after VALUE` and do that step in your own code"
     )
+
+
+def test_weights_listed_as_graph_inputs_follow_the_edit_and_the_cut(tmp_path):
+    # keep_initializers_as_inputs=True (IR < 4 style): every weight is also a declared graph input.
+    import torch
+
+    src = tmp_path / "as_inputs.onnx"
+    torch.onnx.export(retinaface_module(), (torch.zeros(INPUT_SHAPE),), str(src), dynamo=False, input_names=["input"], output_names=["loc", "conf", "landms"], opset_version=11, keep_initializers_as_inputs=True)
+    up = tmp_path / "up.onnx"
+    assert run("upsample", src, "-o", up, "--num-classes", "3", *HEAD).exit_code == 0
+    check(up)
+    declared = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in onnx.load(str(up)).graph.input}
+    assert declared["class_head.0.weight"] == [6, 8, 1, 1] and declared["class_head.0.bias"] == [6]
+    assert run_model(up, {"input": seeded_input()})["conf"].shape == (1, 640, 3)
+    body = tmp_path / "body.onnx"
+    assert run("truncate", src, "-o", body, "--after", "/Relu_1_output_0").exit_code == 0
+    check(body)
+    model = onnx.load(str(body))
+    assert [i.name for i in model.graph.input] == ["input", "body.weight", "body.bias", "down.weight", "down.bias"]
+    assert [t.name for t in model.graph.initializer] == ["body.weight", "body.bias", "down.weight", "down.bias"]

@@ -179,9 +179,9 @@ def _store_constant(
 
 
 def _apply_declared_shapes(follow: Walk) -> None:
-    """Graph outputs' (and value_info's) declared class-axis size follows the edit."""
+    """The declared class-axis size of outputs, value_info and weight inputs follows the edit."""
     graph = follow.index.model.graph
-    for info in [*graph.output, *graph.value_info]:
+    for info in [*graph.output, *graph.value_info, *graph.input]:  # inputs: IR<4 lists weights as inputs too
         c = follow.carried.get(info.name)
         if not isinstance(c, Carrier) or not info.type.HasField("tensor_type"):
             continue

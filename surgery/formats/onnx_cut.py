@@ -174,13 +174,21 @@ def _all_values(graph):
 
 
 def _drop_unused_inputs(ir_model, report: Report) -> None:
-    """Graph inputs that fed only removed nodes go too: the cut model should not ask for them."""
+    """Graph inputs that fed only removed nodes go too: the cut model should not ask for them.
+
+    That includes weights listed as inputs (IR < 4, `keep_initializers_as_inputs`), which
+    `RemoveUnusedNodesPass` keeps as part of the signature; their initializers go with them.
+    """
     graph = ir_model.graph
-    unused = [v for v in graph.inputs if not v.uses() and v not in graph.outputs and v.name not in graph.initializers]
+    unused = [v for v in graph.inputs if not v.uses() and v not in graph.outputs]
     for value in unused:
         graph.inputs.remove(value)
-    if unused:
-        report.notes.append(f"removed graph inputs that fed only removed nodes: {', '.join(v.name for v in unused)}")
+    for name, value in list(graph.initializers.items()):
+        if not value.uses() and value not in graph.outputs:
+            del graph.initializers[name]
+    real = [v.name for v in unused if v.name not in {w.name for w in unused if w.const_value is not None}]
+    if real:
+        report.notes.append(f"removed graph inputs that fed only removed nodes: {', '.join(real)}")
 
 
 def _weight_names(model: onnx.ModelProto) -> set[str]:
