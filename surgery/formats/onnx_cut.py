@@ -2,11 +2,16 @@
 
 Both pick the values that become the graph's outputs, then let onnx-ir's passes remove what
 no longer feeds them: `RemoveUnusedNodesPass` (nodes and initializers, Constants included as
-nodes), `RemoveUnusedFunctionsPass` and `RemoveUnusedOpsetsPass`. onnx-ir works on the
-weightless graph without reading a tensor. `onnx.utils.Extractor` was the other candidate; it
-needs a declared or inferred type for every cut value, and shape inference gives none past a
-Reshape whose shape is computed at run time (TorchScript's `view(x.shape[0], -1, K)`), and it
-keeps every opset import. The tree loses exactly the weights the graph lost.
+nodes), `RemoveUnusedFunctionsPass` and `RemoveUnusedOpsetsPass`; graph inputs left unused
+go after them. onnx-ir works on the weightless graph without reading a tensor, and follows
+values that If/Loop/Scan bodies read from the outer graph.
+
+`onnx.utils.Extractor` was the other candidate. It is faster (34 ms against 211 ms for a cut
+of a 601-node weightless graph), but it needs a declared type for every cut value (without a
+prior shape inference it refuses even a plain conv chain; after one, TorchScript's
+`view(x.shape[0], -1, K)` Reshape outputs still have none), it walks node inputs only, so a
+subgraph's captured values lose their producers, and it keeps every opset import, renames
+the graph and drops the model's metadata (the provenance lives there).
 """
 
 from __future__ import annotations
