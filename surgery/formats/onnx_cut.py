@@ -7,11 +7,10 @@ go after them. onnx-ir works on the weightless graph without reading a tensor, a
 values that If/Loop/Scan bodies read from the outer graph.
 
 `onnx.utils.Extractor` was the other candidate. It is faster (34 ms against 211 ms for a cut
-of a 601-node weightless graph), but it needs a declared type for every cut value (without a
-prior shape inference it refuses even a plain conv chain; after one, TorchScript's
-`view(x.shape[0], -1, K)` Reshape outputs still have none), it walks node inputs only, so a
-subgraph's captured values lose their producers, and it keeps every opset import, renames
-the graph and drops the model's metadata (the provenance lives there).
+of a 601-node weightless graph, after the shape inference it needs: without one it refuses
+even a plain conv chain, "not found in value_infos"). But it walks node inputs only, so the
+values an If/Loop body reads from the outer graph lose their producers, and it keeps every
+opset import, renames the graph and drops the model's metadata (where the provenance lives).
 """
 
 from __future__ import annotations
