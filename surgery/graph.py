@@ -45,8 +45,12 @@ class Graph(Protocol):
     def class_axis(self, name: str) -> int | None:
         """The output (class) axis of weight `name` as the node consuming it reads it, or None."""
 
-    def layers_of_nodes(self, globs: Sequence[str]) -> dict[str, list[str]]:
-        """For each glob, the layers (see `surgery.naming.layer_of`) of the weights read by the nodes it names."""
+    def layers_of_nodes(self, globs: Sequence[str]) -> dict[str, dict[str, list[str]]]:
+        """For each glob, the layers of the weights read by the nodes it names: {layer: weights}.
+
+        A weight whose name holds a layer (`surgery.naming.layer_of`) counts under that layer;
+        anonymous ones (`onnx::MatMul_14`) under their node's name.
+        """
 
 
 def graph_of(tree: Tree) -> Graph | None:

@@ -486,3 +486,39 @@ def test_weights_listed_as_graph_inputs_follow_the_edit_and_the_cut(tmp_path):
     model = onnx.load(str(body))
     assert [i.name for i in model.graph.input] == ["input", "body.weight", "body.bias", "down.weight", "down.bias"]
     assert [t.name for t in model.graph.initializer] == ["body.weight", "body.bias", "down.weight", "down.bias"]
+
+
+def test_anonymous_matmul_weight_is_chosen_by_its_node_name(tmp_path):
+    # A Linear on 3-D input exports as MatMul(x, onnx::MatMul_N) + Add(class_embed.bias): the weight's name holds no layer.
+    import torch
+    from torch import nn
+
+    class Queries(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.proj = nn.Linear(6, 8)
+            self.class_embed = nn.Linear(8, 5)
+
+        def forward(self, x):
+            return self.class_embed(torch.relu(self.proj(x))).softmax(-1)
+
+    src = tmp_path / "queries.onnx"
+    torch.onnx.export(Queries().eval(), (torch.zeros(1, 10, 6),), str(src), dynamo=False, input_names=["x"], output_names=["probs"])
+    weight = next(n.input[1] for n in onnx.load(str(src)).graph.node if n.name == "/class_embed/MatMul")
+    assert weight.startswith("onnx::MatMul_")
+    bias_only = run("subsample", src, "-o", tmp_path / "no.onnx", "--classes", "4,0", "--layers", "class_embed")
+    assert error_line(bias_only) == (
+        "error: cannot carry the class change through node /class_embed/Add (Add): its input /class_embed/MatMul_output_0 has 5 "
+        "on the class axis and is not part of the edit (/class_embed/Add); add the layer that makes it with --layers "
+        "(a node name works: --layers '/class_embed/MatMul')"
+    )
+    out = tmp_path / "two.onnx"
+    result = run("subsample", src, "-o", out, "--classes", "4,0", "--layers", "class_embed", "--layers", "/class_embed/MatMul", "--verify")
+    assert result.exit_code == 0, result.stderr
+    assert f"/class_embed/MatMul: chosen by --layers /class_embed/MatMul (the node's weights {weight}); 5 channels" in result.stdout
+    assert "verified: 4 kept channels in 2 layers, largest |difference| 0" in result.stdout
+    check(out)
+    x = {"x": seeded_input(shape=(1, 10, 6))}
+    logits = "/class_embed/Add_output_0"
+    assert np.array_equal(run_model(out, x, extra=(logits,))[logits], run_model(src, x, extra=(logits,))[logits][..., [4, 0]])

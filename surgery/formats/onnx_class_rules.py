@@ -99,11 +99,17 @@ def _broadcast(state: Walk, i: int, node: onnx.NodeProto, ins: Sequence[Flowing]
         shape = state.index.shapes.get(name, [])
         pos = axis - (out_rank - len(shape))
         if pos >= 0 and shape[pos] != 1:
-            state.refuse(
-                node,
-                f"its input {name} has {shape[pos] if shape[pos] is not None else 'an unknown size'} on the class axis and is not part of the edit",
-            )
+            size = shape[pos] if shape[pos] is not None else "an unknown size"
+            state.refuse(node, f"its input {name} has {size} on the class axis and is not part of the edit", _add_maker(state, name))
     return [first.at(axis, out_rank)] + [None] * (len(node.output) - 1)
+
+
+def _add_maker(state: Walk, name: str) -> str:
+    """The fix for a value that should have been edited too: choose the layer (or node) making it."""
+    producer = state.index.producer.get(name)
+    if producer is None or state.index.is_constant(name):
+        return f"add the layer of {name} with --layers"
+    return f"add the layer that makes it with --layers (a node name works: --layers '{node_label(state.index.nodes[producer])}')"
 
 
 def _transpose(state: Walk, i: int, node: onnx.NodeProto, ins: Sequence[Flowing]) -> list[Flowing]:

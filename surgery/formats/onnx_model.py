@@ -64,7 +64,7 @@ class OnnxGraph:
     def class_axis(self, name: str) -> int | None:
         return _surgery("class_axis")(self, name)
 
-    def layers_of_nodes(self, globs: Sequence[str]) -> dict[str, list[str]]:
+    def layers_of_nodes(self, globs: Sequence[str]) -> dict[str, dict[str, list[str]]]:
         return _surgery("layers_of_nodes")(self, globs)
 
 

@@ -40,16 +40,22 @@ def class_axis(graph, name: str) -> int | None:
     return axes.pop() if len(axes) == 1 else None
 
 
-def layers_of_nodes(graph, globs) -> dict[str, list[str]]:
-    """For each glob, the layers of the named weights that the nodes it matches read.
+def layers_of_nodes(graph, globs) -> dict[str, dict[str, list[str]]]:
+    """For each glob, {layer: weights} for the weights that the nodes it matches read.
 
-    `--layers '/class_head.0/Conv'` (a TorchScript node name) then picks layer `class_head.0`.
-    Weights without a layer in their name (`onnx::Conv_12`) have none to give.
+    `--layers '/class_head.0/Conv'` (a TorchScript node name) picks layer `class_head.0`;
+    a weight without a layer in its name (`onnx::MatMul_14`, a constant-folded Linear weight)
+    makes its node a layer of its own, `/class_embed/MatMul`.
     """
     weights = {t.name for t in graph.model.graph.initializer}
     weights |= {n.output[0] for n in graph.model.graph.node if n.op_type == "Constant" and n.output}
-    out: dict[str, list[str]] = {}
+    out: dict[str, dict[str, list[str]]] = {}
     for glob in globs:
-        found = [layer_of(name) for node in graph.model.graph.node if node.name and matches(node.name, [glob]) for name in node.input if name in weights]
-        out[glob] = [layer for layer in dict.fromkeys(found) if layer]
+        found: dict[str, list[str]] = {}
+        for node in graph.model.graph.node:
+            if node.name and matches(node.name, [glob]):
+                for name in node.input:
+                    if name in weights:
+                        found.setdefault(layer_of(name) or node.name, []).append(name)
+        out[glob] = found
     return out

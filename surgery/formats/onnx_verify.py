@@ -50,12 +50,17 @@ def verify_in_runtime(original: Path, edited: Path | Tree, plan, *, seed: int = 
 
 
 def _head_value(model, lp) -> tuple[str, int]:
-    """The value a head layer's node makes, and its class axis there."""
-    kernel = lp.tensors[0]
-    for node in model.graph.node:
-        if len(node.input) > 1 and node.input[1] in lp.tensors and node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
-            return node.output[0], -1 if node.op_type == "MatMul" else 1
-    raise OperationError(f"no Conv, Gemm or MatMul node reads {kernel}", lp.layer, "verify this edit with `surgery verify` on the weights")
+    """The value a head layer's node makes, and its class axis there.
+
+    The node reading the layer's kernel: a Conv or Gemm (class axis 1), a MatMul, or the Add of
+    a MatMul's bias (a layer of its own when the weight's name is anonymous; class axis -1).
+    """
+    axes = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": -1, "Add": -1}
+    for op in axes:
+        for node in model.graph.node:
+            if node.op_type == op and any(name in lp.tensors for name in node.input):
+                return node.output[0], axes[op]
+    raise OperationError(f"no Conv, Gemm, MatMul or Add node reads {lp.tensors[0]}", lp.layer, "verify this edit with `surgery verify` on the weights")
 
 
 def _seeded_inputs(model, seed: int) -> dict[str, np.ndarray]:

@@ -210,6 +210,7 @@ class _Layer:
     channels: int = 0
     axis: int = -1
     tensors: tuple[str, ...] = ()
+    members: tuple[str, ...] = ()  # a graph node's weights, when their names hold no layer (onnx::MatMul_14)
 
 
 def plan_classes(
@@ -306,10 +307,14 @@ def _choose_layers(
                     "list the layers with `surgery inspect`; globs are case-sensitive and '*' crosses '/' and '.'",
                 )
         for name in all_layers:
-            hit = next((g for g in globs if matches(name, [g]) or name in by_node.get(g, ())), None)
+            hit = next((g for g in globs if matches(name, [g]) or name in by_node.get(g, {})), None)
             if hit is not None:
                 row = next((r for r in CLASS_HEADS if matches(name, r.layers)), None)
                 chosen.append(_Layer(name, row, f"chosen by --layers {hit}"))
+        for g in globs:  # nodes whose weights have anonymous names are layers of their own
+            for node, weights in by_node.get(g, {}).items():
+                if node not in all_layers and all(c.name != node for c in chosen):
+                    chosen.append(_Layer(node, None, f"chosen by --layers {g} (the node's weights {', '.join(weights)})", members=tuple(weights)))
     else:
         for family in dict.fromkeys(r.family for r in CLASS_HEADS):
             rows = [r for r in CLASS_HEADS if r.family == family]
@@ -348,7 +353,7 @@ def _describe(tree: Tree, c: _Layer, layout: str | None, axis: int | None, field
                 "pass --axis -1 for Keras layout or --axis 0 for PyTorch layout",
             )
     c.axis = axis
-    members, main = _layer_tensors(tree, c.name)
+    members, main = _layer_tensors(tree, c.name, c.members)
     if main is None:
         raise OperationError(f"layer {c.name} has no tensors with a class axis", c.name, "choose another layer with --layers")
     graph = graph_of(tree)
@@ -362,9 +367,9 @@ def _describe(tree: Tree, c: _Layer, layout: str | None, axis: int | None, field
     c.tensors = tuple(e.name for e in members if e.shape[_axis_of(e, axis)] == c.channels)
 
 
-def _layer_tensors(tree: Tree, layer: str) -> tuple[list[Entry], Entry | None]:
-    """A layer's tensors that have axes, and its kernel (the one of highest rank)."""
-    members = [e for e in tree.values() if layer_of(e.name) == layer and e.shape]
+def _layer_tensors(tree: Tree, layer: str, named: tuple[str, ...] = ()) -> tuple[list[Entry], Entry | None]:
+    """A layer's tensors that have axes (or the `named` ones), and its kernel (the one of highest rank)."""
+    members = [tree[n] for n in named if tree[n].shape] if named else [e for e in tree.values() if layer_of(e.name) == layer and e.shape]
     return members, max(members, key=lambda e: len(e.shape), default=None)
 
 
