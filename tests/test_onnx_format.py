@@ -151,6 +151,17 @@ def test_convert_exports_the_weights_to_other_checkpoints(exported, tmp_path, ta
 
 
 @pytest.mark.interop
+def test_convert_exports_keras_weights_with_layout(exported, tmp_path):
+    out = tmp_path / "w.h5"
+    # TorchScript's anonymous PReLU weight belongs to no named module: the layout converter needs it dropped
+    result = run("convert", exported["script"], "-o", out, "--layout", "keras", "--drop", "onnx::*", "--quiet")
+    assert result.exit_code == 0, result.stderr
+    back, reference = surgery.load(out), arrays(exported["script"])
+    assert np.array_equal(back["conv/kernel"].read(), reference["conv.weight"].transpose(2, 3, 1, 0))
+    assert np.array_equal(back["fc/kernel"].read(), reference["fc.weight"].T)
+
+
+@pytest.mark.interop
 def test_convert_moves_tensors_to_external_data_and_back(exported, tmp_path):
     src = exported["script"]
     ext, inline = tmp_path / "ext.onnx", tmp_path / "inline.onnx"
