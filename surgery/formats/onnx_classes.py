@@ -23,6 +23,7 @@ import numpy as np
 import onnx
 
 from ..errors import OperationError
+from ..graph import GRAPH
 from ..report import Report
 from ..tree import Entry, Tree
 from .onnx_carriers import Carrier, Walk, format_dims
@@ -43,19 +44,17 @@ def follow_classes(graph, before: Tree, after: Tree, plan, report: Report) -> Tr
     """
     model = copy.deepcopy(graph.model)
     index = GraphIndex(model, before)
-    follow = Walk(index)
-    follow.carried.update(_head_carriers(index, before, after, plan))
-    walk(follow)
-    _apply_attributes(follow)  # by node index: before any Constant copy is inserted
+    state = Walk(index)
+    state.carried.update(_head_carriers(index, before, after, plan))
+    walk(state)
+    _apply_attributes(state)  # by node index: before any Constant copy is inserted
     _apply_weight_dims(model, after, plan)
-    replace_entries, add_entries = _apply_constants(follow, before)
-    _apply_declared_shapes(follow)
+    replace_entries, add_entries = _apply_constants(state, before)
+    _apply_declared_shapes(state)
     _check_shapes(graph.model, model)
-    report.notes.extend(f"graph: {line}" for line in follow.lines)
-    report.facts["graph_edits"] = list(follow.lines)
+    report.notes.extend(f"graph: {line}" for line in state.lines)
+    report.facts["graph_edits"] = list(state.lines)
     edited = after.derive(replace=replace_entries, add=add_entries)
-    from ..graph import GRAPH
-
     return edited.derive(format_state={**edited.format_state, GRAPH: graph.with_model(model)})
 
 
@@ -95,22 +94,22 @@ def _apply_weight_dims(model: onnx.ModelProto, after: Tree, plan) -> None:
                     attr.t.dims[:] = after[node.output[0]].shape
 
 
-def _apply_attributes(follow: Walk) -> None:
-    for i, name, values in follow.attr_edits:
-        node = follow.index.nodes[i]
+def _apply_attributes(state: Walk) -> None:
+    for i, name, values in state.attr_edits:
+        node = state.index.nodes[i]
         for attr in node.attribute:
             if attr.name == name:
                 attr.ints[:] = values
 
 
-def _apply_constants(follow: Walk, before: Tree) -> tuple[dict[str, Entry], list[Entry]]:
+def _apply_constants(state: Walk, before: Tree) -> tuple[dict[str, Entry], list[Entry]]:
     """Rewrite each constant the rules asked to change; give a changed copy to its readers when others share it."""
-    index = follow.index
+    index = state.index
     replace_entries: dict[str, Entry] = {}
     add_entries: list[Entry] = []
     taken = _all_names(index.model)
     pending: list[tuple[int, onnx.NodeProto]] = []  # Constant copies, inserted last so node indices stay valid
-    for const, wanted in follow.const_edits.items():
+    for const, wanted in state.const_edits.items():
         base = index.constant(const)
         groups: dict[tuple[tuple[int, int], ...], list[tuple[int, int]]] = {}
         for reader, positions in wanted.items():
@@ -127,18 +126,18 @@ def _apply_constants(follow: Walk, before: Tree) -> tuple[dict[str, Entry], list
                 name = _fresh(f"{const}_classes", taken)
                 for i, slot in users:
                     index.nodes[i].input[slot] = name
-            inserted = _store_constant(index, before, const, name, value, replace_entries, add_entries)
+            inserted = _store_constant(index, before, const, name, value, replace_entries, add_entries, taken)
             if inserted is not None:
                 pending.append(inserted)
             if shared:
-                follow.lines.append(f"constant {name}: a copy of {const} (which other nodes share) holding {value.reshape(-1).tolist()}")
+                state.lines.append(f"constant {name}: a copy of {const} (which other nodes share) holding {value.reshape(-1).tolist()}")
     for producer, clone in sorted(pending, key=lambda p: -p[0]):
         index.model.graph.node.insert(producer + 1, clone)
     return replace_entries, add_entries
 
 
 def _store_constant(
-    index: GraphIndex, before: Tree, const: str, name: str, value: np.ndarray, replace_entries: dict, add_entries: list
+    index: GraphIndex, before: Tree, const: str, name: str, value: np.ndarray, replace_entries: dict, add_entries: list, taken: set[str]
 ) -> tuple[int, onnx.NodeProto] | None:
     """Put the new value of `const` under `name` (itself, or a copy for some of its readers).
 
@@ -174,15 +173,15 @@ def _store_constant(
         del node.attribute[:]
         node.attribute.append(onnx.helper.make_attribute("value", tensor))
         return None
-    clone = onnx.helper.make_node("Constant", [], [name], name=_fresh(f"{node.name or name}_classes", _all_names(index.model)), value=tensor)
+    clone = onnx.helper.make_node("Constant", [], [name], name=_fresh(f"{node.name or name}_classes", taken), value=tensor)
     return producer, clone
 
 
-def _apply_declared_shapes(follow: Walk) -> None:
+def _apply_declared_shapes(state: Walk) -> None:
     """The declared class-axis size of outputs, value_info and weight inputs follows the edit."""
-    graph = follow.index.model.graph
+    graph = state.index.model.graph
     for info in [*graph.output, *graph.value_info, *graph.input]:  # inputs: IR<4 lists weights as inputs too
-        c = follow.carried.get(info.name)
+        c = state.carried.get(info.name)
         if not isinstance(c, Carrier) or not info.type.HasField("tensor_type"):
             continue
         dims = info.type.tensor_type.shape.dim
@@ -190,7 +189,7 @@ def _apply_declared_shapes(follow: Walk) -> None:
             before = format_dims([_dim_of(d) for d in dims])
             dims[c.axis].dim_value = c.size(new=True)
             if info in graph.output and c.size() != c.size(new=True):
-                follow.lines.append(f"output {info.name}: {before} -> {format_dims([_dim_of(d) for d in dims])}")
+                state.lines.append(f"output {info.name}: {before} -> {format_dims([_dim_of(d) for d in dims])}")
 
 
 def _check_shapes(original: onnx.ModelProto, edited: onnx.ModelProto) -> None:
@@ -211,7 +210,6 @@ def _check_shapes(original: onnx.ModelProto, edited: onnx.ModelProto) -> None:
 
 def _dim_of(d) -> Dim:
     return int(d.dim_value) if d.HasField("dim_value") else (d.dim_param or None)
-
 
 
 def _all_names(model: onnx.ModelProto) -> set[str]:
