@@ -114,8 +114,10 @@ def test_gather_of_a_fixed_class_is_refused(tmp_path):
     assert not (tmp_path / "out.onnx").exists()
 
 
-def test_shared_shape_constant_gets_a_copy_for_the_class_head(tmp_path):
+@pytest.mark.parametrize("held_by", ["initializer", "Constant node"])
+def test_shared_shape_constant_gets_a_copy_for_the_class_head(tmp_path, held_by):
     # 4 classes: the class and the bbox Reshapes both read a [.., 4] shape; only the class one may change.
+    # An initializer is a tree entry (copied in the tree); a small Constant lives in the graph (copied there).
     weight, bias = np.arange(24 * 3, dtype=np.float32).reshape(24, 3) / 50, np.arange(24, dtype=np.float32) / 10
     model = conv_head_model(2, 4, weight[:8], bias[:8])
     g = model.graph
@@ -126,6 +128,10 @@ def test_shared_shape_constant_gets_a_copy_for_the_class_head(tmp_path):
     ])
     g.initializer.extend([numpy_helper.from_array(weight[8:16].reshape(8, 3, 1, 1), "box.weight"), numpy_helper.from_array(bias[8:16], "box.bias")])
     g.output.append(helper.make_tensor_value_info("loc", TensorProto.FLOAT, [1, 32, 4]))
+    if held_by == "Constant node":
+        shape = next(t for t in g.initializer if t.name == "conf_shape")
+        g.node.insert(0, helper.make_node("Constant", [], ["conf_shape"], name="shape", value=shape))
+        g.initializer.remove(shape)
     src = tmp_path / "shared.onnx"
     onnx.save(model, str(src))
     tree = surgery.load(src)
