@@ -38,10 +38,11 @@ def _layer_command(kind: str, src: Path, output: Path, force: bool, dry_run: boo
 def _print_layer_edit(document: dict) -> None:
     if "head" in document:
         click.echo(f"head: {_printable(document['head']['why'])}")
+    graph = "removed_nodes" in document  # an ONNX graph: nodes are cut, and some values become its outputs
     if "after" in document:
-        click.echo(f"keeping the layers up to and including {_printable(document['after'])}")
+        click.echo(f"keeping what computes {_printable(document['after'])}" if graph else f"keeping the layers up to and including {_printable(document['after'])}")
     layers = document["removed_layers"]
-    click.echo(f"removed {len(layers)} layers: {_printable(', '.join(layers)) or '-'}")
+    click.echo(f"removed {len(layers)} {'nodes' if graph else 'layers'}: {_printable(', '.join(layers)) or '-'}")
     for row in document["removed_tensors"]:
         click.echo(f"  {_printable(row['name'])}  {row['was']}")
     for note in document["notes"]:
