@@ -151,13 +151,18 @@ def subsample(src: Path, output: Path, force: bool, dry_run: bool, verify_after:
     Every pretrained weight is reused: the kept classes' output channels are
     copied, in the order given, for every anchor of every class layer. The
     rest of the checkpoint is copied unchanged. Run with --dry-run first to
-    see each tensor's old and new shape and the channels kept.
+    see each tensor's old and new shape and the channels kept. In an ONNX
+    model the graph follows: Reshape shapes, Split sizes, Slice bounds and
+    output shapes that carry the class count change too, and a node that
+    cannot be proven to agree is refused by name; --verify runs both models
+    in onnxruntime.
 
     \b
     Examples:
       surgery subsample ssd300_coco.h5 -o ssd300_road.h5 --classes 0,3,8,1,2,10,4,6,12 --anchors 4
       surgery subsample model.h5 -o small.h5 --num-classes 10 --seed 1
       surgery subsample model.safetensors -o out.safetensors --layers 'head.cls_logits' --classes 0-9
+      surgery subsample retinaface.onnx -o faces.onnx --classes 1,0 --layers 'ClassHead*' --source-classes 2 --verify
     """
     _class_command("subsample", src, output, force, dry_run, as_json, quiet, verify_after, "gaussian", **class_args)
 
@@ -177,6 +182,7 @@ def upsample(src: Path, output: Path, force: bool, dry_run: bool, init: str, ver
     Examples:
       surgery upsample model.h5 -o more.h5 --num-classes 90 --anchors 4 --seed 7
       surgery upsample model.h5 -o more.h5 --classes 0-80,new,new --init copy:1
+      surgery upsample retinaface.onnx -o three.onnx --num-classes 3 --source-classes 2 --init zeros --verify
     """
     _class_command("upsample", src, output, force, dry_run, as_json, quiet, verify_after, init, **class_args)
 
