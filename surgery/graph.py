@@ -42,6 +42,16 @@ class Graph(Protocol):
     def strip_head(self, tree: Tree, globs: Sequence[str], family: str | None) -> tuple[Tree, Report]:
         """Cut the graph before its classification head."""
 
+    def class_axis(self, name: str) -> int | None:
+        """The output (class) axis of weight `name` as the node consuming it reads it, or None."""
+
+    def layers_of_nodes(self, globs: Sequence[str]) -> dict[str, dict[str, list[str]]]:
+        """For each glob, the layers of the weights read by the nodes it names: {layer: weights}.
+
+        A weight whose name holds a layer (`surgery.naming.layer_of`) counts under that layer;
+        anonymous ones (`onnx::MatMul_14`) under their node's name.
+        """
+
 
 def graph_of(tree: Tree) -> Graph | None:
     """The graph `tree` carries, or None for a plain checkpoint."""

@@ -45,6 +45,8 @@ CLASS_HEADS: tuple[HeadPattern, ...] = (
     HeadPattern("ssd", "classes", ("*_mbox_conf",), "anchor-major", "first", loc_suffix=("_mbox_conf", "_mbox_loc")),
     HeadPattern("ssd-torchvision", "classes", ("head.classification_head.module_list.*",), "anchor-major", "first"),
     HeadPattern("retinanet", "classes", ("head.classification_head.cls_logits", "*cls_logits"), "anchor-major", "none"),
+    # RetinaFace (Pytorch_Retinaface's ClassHead.<level>.conv1x1): anchors x 2, softmax over (background, face)
+    HeadPattern("retinaface", "classes", ("ClassHead.*", "*.ClassHead.*", "class_head.*", "*.class_head.*"), "anchor-major", "first"),
     HeadPattern("yolo", "classes", ("model.*.m.*", "*detect.m.*"), "anchor-major-fields", "none", fields=5),
     HeadPattern("faster-rcnn", "classes", ("*box_predictor.cls_score",), "plain", "first"),
     HeadPattern("faster-rcnn", "class-boxes", ("*box_predictor.bbox_pred",), "class-major", "first", group=4),

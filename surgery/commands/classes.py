@@ -78,6 +78,7 @@ def _plan(tree, classes, num_classes, seed, layer_globs, layout, source_classes,
 
 def _class_command(kind: str, src: Path, output: Path, force: bool, dry_run: bool, as_json: bool, quiet: bool, verify_after: bool, init: str, **class_args: Any) -> None:
     from ..errors import OperationError
+    from ..graph import graph_of
     from ..io import check_output, load
     from ..ops.classes import apply_plan, verify
     from ..tree import DROPPED_ON_READ
@@ -102,7 +103,11 @@ def _class_command(kind: str, src: Path, output: Path, force: bool, dry_run: boo
     fmt = check_output(edited, output, force=force)
     _write(kind, edited, output, fmt, force=force, dry_run=dry_run, quiet=quiet or as_json)
     write_labels_out(labels_out, names, dry_run)
-    checks = verify(tree, edited if dry_run else load(output), plan) if verify_after else None
+    checks = verify(tree, edited if dry_run else load(output), plan) if verify_after and graph_of(tree) is None else None
+    if verify_after and graph_of(tree) is not None:  # a graph: run both models in onnxruntime
+        from ..formats.onnx_verify import verify_in_runtime
+
+        checks = verify_in_runtime(src, edited if dry_run else output, plan, seed=class_args["seed"] or 0)
     document = {"input": str(src), "output": str(output), "format": fmt, "dry_run": dry_run, **plan.to_json(tree)}
     document["notes"] = report.notes
     document.update(document_part(named, names, labels_out, edited, output))
@@ -155,7 +160,11 @@ def subsample(src: Path, output: Path, force: bool, dry_run: bool, verify_after:
     Every pretrained weight is reused: the kept classes' output channels are
     copied, in the order given, for every anchor of every class layer. The
     rest of the checkpoint is copied unchanged. Run with --dry-run first to
-    see each tensor's old and new shape and the channels kept.
+    see each tensor's old and new shape and the channels kept. In an ONNX
+    model the graph follows: Reshape shapes, Split sizes, Slice bounds and
+    output shapes that carry the class count change too, and a node that
+    cannot be proven to agree is refused by name; --verify runs both models
+    in onnxruntime.
 
     \b
     Examples:
@@ -165,6 +174,7 @@ def subsample(src: Path, output: Path, force: bool, dry_run: bool, verify_after:
       surgery subsample ssd300_coco.h5 -o road.h5 --classes person,car,bus --labels coco80+bg --anchors 4
       surgery subsample frcnn.pt -o frcnn81.pt --from-labels coco91 --to-labels coco80+bg
       surgery subsample my-ner/ -o my-ner-small/ --classes O,B-PER,I-PER   # Hugging Face folder
+      surgery subsample retinaface.onnx -o faces.onnx --classes 1,0 --layers 'ClassHead*' --source-classes 2 --verify
     """
     _class_command("subsample", src, output, force, dry_run, as_json, quiet, verify_after, "gaussian", **class_args)
 
@@ -186,6 +196,7 @@ def upsample(src: Path, output: Path, force: bool, dry_run: bool, init: str, ver
       surgery upsample model.h5 -o more.h5 --num-classes 90 --anchors 4 --seed 7
       surgery upsample model.h5 -o more.h5 --classes 0-80,new,new --init copy:1
       surgery upsample ssd_coco.h5 -o ssd_voc.h5 --from-labels coco80+bg --to-labels voc21 --init mean
+      surgery upsample retinaface.onnx -o three.onnx --num-classes 3 --source-classes 2 --init zeros --verify
     """
     _class_command("upsample", src, output, force, dry_run, as_json, quiet, verify_after, init, **class_args)
 

@@ -38,10 +38,11 @@ def _layer_command(kind: str, src: Path, output: Path, force: bool, dry_run: boo
 def _print_layer_edit(document: dict) -> None:
     if "head" in document:
         click.echo(f"head: {_printable(document['head']['why'])}")
+    graph = "removed_nodes" in document  # an ONNX graph: nodes are cut, and some values become its outputs
     if "after" in document:
-        click.echo(f"keeping the layers up to and including {_printable(document['after'])}")
+        click.echo(f"keeping what computes {_printable(document['after'])}" if graph else f"keeping the layers up to and including {_printable(document['after'])}")
     layers = document["removed_layers"]
-    click.echo(f"removed {len(layers)} layers: {_printable(', '.join(layers)) or '-'}")
+    click.echo(f"removed {len(layers)} {'nodes' if graph else 'layers'}: {_printable(', '.join(layers)) or '-'}")
     for row in document["removed_tensors"]:
         click.echo(f"  {_printable(row['name'])}  {row['was']}")
     for note in document["notes"]:
@@ -73,6 +74,7 @@ def strip_head(src: Path, output: Path, force: bool, dry_run: bool, globs: tuple
       surgery strip-head resnet18.pth -o backbone.safetensors
       surgery strip-head model.safetensors -o out.safetensors --head 'head.*'
       surgery strip-head ssd300.h5 -o ssd300_base.h5 --family ssd
+      surgery strip-head resnet18.onnx -o features.onnx   # ONNX: cut before the head's first node
     """
     from ..ops.strip import strip_head as strip
 
@@ -96,6 +98,7 @@ def truncate(src: Path, output: Path, force: bool, dry_run: bool, after: str, as
     Examples:
       surgery truncate vgg16.h5 -o vgg16_block4.h5 --after block4_pool
       surgery truncate resnet50.pth -o resnet50_c4.safetensors --after layer3
+      surgery truncate model.onnx -o body.onnx --after /layer3/Relu_output_0   # ONNX: a node or value; the only output
     """
     from ..ops.strip import truncate as cut
 

@@ -25,6 +25,7 @@ import numpy as np
 
 from .. import dtypes
 from ..errors import OperationError
+from ..graph import graph_of
 from ..heads import CLASS_HEADS, HeadPattern
 from ..labels import follow as follow_labels
 from ..labels import prepare as prepare_names
@@ -212,6 +213,7 @@ class _Layer:
     channels: int = 0
     axis: int = -1
     tensors: tuple[str, ...] = ()
+    members: tuple[str, ...] = ()  # a graph node's weights, when their names hold no layer (onnx::MatMul_14)
 
 
 def plan_classes(
@@ -298,18 +300,24 @@ def _choose_layers(
     all_layers = layers(tree)
     chosen: list[_Layer] = []
     if globs:
+        graph = graph_of(tree)  # in a graph, a glob may also name the nodes that read a layer's weights
+        by_node = graph.layers_of_nodes(globs) if graph is not None else {}
         for g in globs:
-            if not any(matches(name, [g]) for name in all_layers):
+            if not any(matches(name, [g]) for name in all_layers) and not by_node.get(g):
                 raise OperationError(
                     f"--layers {g} matches no layer",
                     "--layers",
                     "list the layers with `surgery inspect`; globs are case-sensitive and '*' crosses '/' and '.'",
                 )
         for name in all_layers:
-            hit = next((g for g in globs if matches(name, [g])), None)
+            hit = next((g for g in globs if matches(name, [g]) or name in by_node.get(g, {})), None)
             if hit is not None:
                 row = next((r for r in CLASS_HEADS if matches(name, r.layers)), None)
                 chosen.append(_Layer(name, row, f"chosen by --layers {hit}"))
+        for g in globs:  # nodes whose weights have anonymous names are layers of their own
+            for node, weights in by_node.get(g, {}).items():
+                if node not in all_layers and all(c.name != node for c in chosen):
+                    chosen.append(_Layer(node, None, f"chosen by --layers {g} (the node's weights {', '.join(weights)})", members=tuple(weights)))
     else:
         for family in dict.fromkeys(r.family for r in CLASS_HEADS):
             rows = [r for r in CLASS_HEADS if r.family == family]
@@ -338,6 +346,7 @@ def _describe(tree: Tree, c: _Layer, layout: str | None, axis: int | None, field
         c.fields = fields if fields is not None else (c.row.fields if c.row and c.row.fields else DEFAULT_FIELDS)
     if c.layout == "class-major":
         c.group = group if group is not None else (c.row.group if c.row and c.row.group > 1 else DEFAULT_GROUP)
+    given_axis = axis
     if axis is None:
         axis = tree.convention.out_axis
         if axis is None:
@@ -347,9 +356,13 @@ def _describe(tree: Tree, c: _Layer, layout: str | None, axis: int | None, field
                 "pass --axis -1 for Keras layout or --axis 0 for PyTorch layout",
             )
     c.axis = axis
-    members, main = _layer_tensors(tree, c.name)
+    members, main = _layer_tensors(tree, c.name, c.members)
     if main is None:
         raise OperationError(f"layer {c.name} has no tensors with a class axis", c.name, "choose another layer with --layers")
+    graph = graph_of(tree)
+    if graph is not None and given_axis is None:  # in a graph, the node reading the kernel says (Gemm transB, MatMul)
+        found = graph.class_axis(main.name)
+        c.axis = axis = axis if found is None else found
     try:
         c.channels = main.shape[_axis_of(main, axis)]
     except IndexError:
@@ -357,9 +370,9 @@ def _describe(tree: Tree, c: _Layer, layout: str | None, axis: int | None, field
     c.tensors = tuple(e.name for e in members if e.shape[_axis_of(e, axis)] == c.channels)
 
 
-def _layer_tensors(tree: Tree, layer: str) -> tuple[list[Entry], Entry | None]:
-    """A layer's tensors that have axes, and its kernel (the one of highest rank)."""
-    members = [e for e in tree.values() if layer_of(e.name) == layer and e.shape]
+def _layer_tensors(tree: Tree, layer: str, named: tuple[str, ...] = ()) -> tuple[list[Entry], Entry | None]:
+    """A layer's tensors that have axes (or the `named` ones), and its kernel (the one of highest rank)."""
+    members = [tree[n] for n in named if tree[n].shape] if named else [e for e in tree.values() if layer_of(e.name) == layer and e.shape]
     return members, max(members, key=lambda e: len(e.shape), default=None)
 
 
@@ -516,6 +529,9 @@ def apply_plan(tree: Tree, plan: ClassPlan, *, init: str = "gaussian", seed: int
     if plan.adds_classes:
         report.notes.append(f"new classes initialised with {init} (seed {seed})")
     edited = tree.derive(replace=replace, metadata=metadata)
+    graph = graph_of(tree)
+    if graph is not None:  # an ONNX graph: its Reshape constants, Splits and outputs follow the edit
+        edited = graph.follow_classes(tree, edited, plan, report)
     edited = record_labels(edited, list(labels) if labels is not None else follow_labels(tree, plan.classes))
     step = "upsample" if plan.adds_classes else "subsample"
     return record(edited, step, classes=json.loads(metadata["surgery.source_classes"]), layers=[lp.layer for lp in plan.layers], init=init if plan.adds_classes else None, seed=seed if plan.adds_classes else None), report

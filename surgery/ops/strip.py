@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import OperationError
+from ..graph import graph_of
 from ..heads import PASS_THROUGH_LAYERS, TOPS, TOPS_ON_REQUEST
 from ..naming import layer_of, matches
 from ..provenance import record
@@ -108,6 +109,9 @@ def strip_head(tree: Tree, globs: Sequence[str] = (), family: str | None = None)
     Raises:
         OperationError: as `detect_head`, or when the head is the whole checkpoint.
     """
+    graph = graph_of(tree)
+    if graph is not None:  # an ONNX graph: cut before the head's first node
+        return graph.strip_head(tree, globs, family)
     head = detect_head(tree, globs, family)
     report = Report("strip-head")
     report.facts["head"] = {"layers": list(head.layers), "tensors": list(head.tensors), "why": head.why}
@@ -131,6 +135,9 @@ def truncate(tree: Tree, after: str) -> tuple[Tree, Report]:
         >>> list(truncate(t, "b")[0])
         ['a.w', 'b.w']
     """
+    graph = graph_of(tree)
+    if graph is not None:  # an ONNX graph: `after` names a node or value, which becomes the output
+        return graph.truncate(tree, after)
     order = layer_order(tree)
     cut = _cut_index(order, after)
     removed = tuple(order[cut + 1 :])
