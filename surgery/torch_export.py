@@ -1,0 +1,634 @@
+"""ONNX export from a torch module, proven before it is written.
+
+`export_onnx` exports through `torch.onnx.export` (the dynamo or the TorchScript exporter)
+into a temporary folder, checks the result with `onnx.checker.check_model(full_check=True)`,
+runs it in onnxruntime on the example input (and on a second batch size when the batch axis
+is dynamic), compares every output with the module's own, and only then writes the
+destination atomically, with the provenance in the model's `metadata_props`. `load_into`
+loads a checkpoint into a module strictly, with one-line errors that say what does not fit.
+`build_module` imports the user's own code that builds the module: the one place surgery
+runs Python it did not write (checkpoints are still read without unpickling code).
+
+torch, onnx and onnxruntime are imported inside the functions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import inspect
+import io
+import json
+import logging
+import os
+import re
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import OperationError, OutputError
+from .report import Report
+
+__all__ = ["EXPORTERS", "ToleranceError", "build_module", "default_exporter", "export_onnx", "load_into", "random_inputs", "reference_outputs"]
+
+EXPORTERS = ("dynamo", "torchscript")
+PROTOBUF_LIMIT = 2**31  # bytes: one serialized ONNX protobuf cannot be larger
+_GRAPH_ROOM = 64 << 20  # what the graph itself may need beside inline weights
+SECOND_BATCH = 3  # the other batch size the dynamic batch axis is proven at
+_LISTED = 3  # names listed per kind in a load_into error
+_REASON_CHARS = 300  # torch's reason in an exporter error, at most
+
+
+class ToleranceError(OperationError):
+    """onnxruntime's outputs differ from torch's beyond the tolerance; `report` holds every difference."""
+
+    def __init__(self, what: str, where: str, fix: str, report: Report) -> None:
+        super().__init__(what, where, fix)
+        self.report = report
+
+
+# -- the user's module ----------------------------------------------------------------
+
+
+def build_module(spec: str, kwargs: Mapping[str, Any] | None = None):
+    """Import `spec` ("package.module:callable" or "path/to/file.py:callable") and call it.
+
+    This runs the user's own code. `callable` may be dotted (`models:Factory.small`).
+
+    Raises:
+        OperationError: the module does not import, names no such callable, the call fails,
+            or it returns something that is not a `torch.nn.Module`.
+    """
+    import torch
+
+    where = f"--model {spec}"
+    target, _, attribute = spec.rpartition(":")
+    if not target or not attribute:
+        raise OperationError(f"{spec!r} names no callable", where, "write package.module:callable or path/to/file.py:callable")
+    namespace = _import_target(target, where)
+    factory: Any = namespace
+    for part in attribute.split("."):
+        if not hasattr(factory, part):
+            raise OperationError(f"{target!r} has no attribute {attribute!r}", where, _callables_hint(namespace))
+        factory = getattr(factory, part)
+    if not callable(factory):
+        raise OperationError(f"{attribute!r} in {target!r} is a {type(factory).__name__}, not a callable", where, _callables_hint(namespace))
+    call = f"{attribute}({', '.join(f'{k}={v!r}' for k, v in (kwargs or {}).items())})"
+    try:
+        module = factory(**(kwargs or {}))
+    except Exception as e:  # the user's code: any failure is theirs to read, in one line
+        raise OperationError(f"{call} failed: {_first_line(e)}", where, "check --model-arg names and values against the callable's signature") from e
+    if not isinstance(module, torch.nn.Module):
+        raise OperationError(f"{call} returned a {type(module).__name__}, not a torch.nn.Module", where, "name the class or the function that builds the model")
+    return module
+
+
+def _import_target(target: str, where: str):
+    if target.endswith(".py") or "/" in target or os.sep in target:
+        return _import_file(Path(target), where)
+    try:
+        return importlib.import_module(target)
+    except ImportError as e:
+        raise OperationError(f"cannot import {target!r}: {_first_line(e)}", where, "install the package, or give path/to/file.py:callable") from e
+    except Exception as e:
+        raise OperationError(f"importing {target!r} failed: {_first_line(e)}", where, "fix the error in that module") from e
+
+
+def _import_file(path: Path, where: str):
+    if not path.is_file():
+        raise OperationError("no such Python file", where, "check the path before the ':'")
+    name = f"surgery_user_model_{abs(hash(str(path.resolve())))}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise OperationError("cannot import this file as Python", where, "give a .py file")
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(path.resolve().parent))  # so the file can import its neighbours
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:
+        sys.modules.pop(name, None)
+        raise OperationError(f"importing {str(path)!r} failed: {_first_line(e)}", where, "fix the error in that file") from e
+    finally:
+        sys.path.remove(str(path.resolve().parent))
+    return module
+
+
+def _callables_hint(namespace) -> str:
+    import torch
+
+    classes = [n for n, v in vars(namespace).items() if isinstance(v, type) and issubclass(v, torch.nn.Module) and getattr(v, "__module__", "") == namespace.__name__]
+    if not classes:
+        return "name a class or function defined there"
+    return f"modules defined there: {', '.join(classes[:8])}" + (" ..." if len(classes) > 8 else "")
+
+
+# -- weights into the module ------------------------------------------------------------
+
+
+def load_into(module, tree_or_path, *, key: str | None = None, strip_prefix: str | None = None, keep: Sequence[str] = (), drop: Sequence[str] = (), rules: Sequence[tuple[str, str]] = ()) -> Report:
+    """Load a checkpoint into `module` with `load_state_dict(strict=True)`.
+
+    Args:
+        module: a built torch.nn.Module.
+        tree_or_path: a Tree, or the path of anything `surgery.load` reads. A tree in
+            Keras layout is moved to torch layout first (`surgery.ops.convert_layout`).
+        key, strip_prefix, keep, drop, rules: the name options, as `surgery convert` and
+            `rename` apply them (`--key`, `--strip-prefix`, `--keep`, `--drop`, `--map`).
+
+    Returns:
+        A Report whose facts give the tensors loaded, the source and the provenance steps.
+
+    Raises:
+        OperationError: one line with the counts and the first missing, unexpected and
+            mismatched names (both shapes), and the fix.
+
+    Example:
+        >>> load_into(model, "ddp.pt", strip_prefix="module.")  # doctest: +SKIP
+    """
+    from .io import load
+    from .ops.names import apply_names
+    from .provenance import history
+    from .torch import to_state_dict
+    from .tree import KERAS, Tree
+
+    where = "checkpoint" if isinstance(tree_or_path, Tree) else str(tree_or_path)
+    tree = tree_or_path if isinstance(tree_or_path, Tree) else load(tree_or_path, key=key)
+    report = Report("load-into")
+    if tree.convention is KERAS:
+        from .ops.layout import convert_layout
+
+        tree, layout_report = convert_layout(tree, "torch")
+        report.notes.append(f"moved {len(layout_report.names('transposed'))} tensors from Keras to torch layout")
+    tree, name_reports = apply_names(tree, strip=strip_prefix, keep=keep, drop=drop, rules=rules)
+    report.changes.extend(c for r in name_reports for c in r.changes)
+    _check_fit(module, tree, where)
+    module.load_state_dict(to_state_dict(tree), strict=True)
+    report.facts.update(loaded=len(tree), source=where, history=history(tree))
+    return report
+
+
+def _check_fit(module, tree, where: str) -> None:
+    expected = {name: tuple(t.shape) for name, t in module.state_dict().items()}
+    missing = [n for n in expected if n not in tree]
+    unexpected = [n for n in tree if n not in expected]
+    mismatched = [n for n in expected if n in tree and tuple(tree[n].shape) != expected[n]]
+    if not (missing or unexpected or mismatched):
+        return
+    parts = [f"{len(missing)} missing", f"{len(unexpected)} unexpected", f"{len(mismatched)} mismatched"]
+    shown = []
+    if missing:
+        shown.append("missing " + _names(missing))
+    if unexpected:
+        shown.append("unexpected " + _names(unexpected))
+    if mismatched:
+        shown.append("mismatched " + ", ".join(f"{n} {list(tree[n].shape)} in the file, {list(expected[n])} in the module" for n in mismatched[:_LISTED]) + (" ..." if len(mismatched) > _LISTED else ""))
+    raise OperationError(
+        f"the weights do not fit the module: {', '.join(parts)} of {len(expected)} ({'; '.join(shown)})",
+        where,
+        "rename with --map REGEX=REPL or --strip-prefix PREFIX, or copy what fits with `surgery transplant`",
+    )
+
+
+def _names(names: list[str]) -> str:
+    return ", ".join(names[:_LISTED]) + (" ..." if len(names) > _LISTED else "")
+
+
+# -- example inputs ---------------------------------------------------------------------
+
+
+def random_inputs(shapes: Sequence[tuple[int, ...]], dtypes: Sequence[str] | None = None, *, seed: int = 0) -> tuple:
+    """Seeded example inputs: standard normal floats, integers in [0, 10), random bools."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    out = []
+    for shape, dtype in zip(shapes, dtypes or ["float32"] * len(shapes)):
+        out.append(_random_tensor(tuple(shape), getattr(torch, dtype), generator))
+    return tuple(out)
+
+
+def _random_tensor(shape: tuple[int, ...], dtype, generator):
+    import torch
+
+    if dtype == torch.bool:
+        return torch.randint(0, 2, shape, generator=generator).bool()
+    if dtype.is_floating_point:
+        return torch.randn(shape, generator=generator).to(dtype)
+    return torch.randint(0, 10, shape, generator=generator).to(dtype)
+
+
+def default_exporter() -> str:
+    """The exporter `torch.onnx.export` uses when not told (its `dynamo` argument's default)."""
+    import torch
+
+    dynamo = inspect.signature(torch.onnx.export).parameters["dynamo"].default
+    return "dynamo" if dynamo else "torchscript"
+
+
+# -- export, check, verify, write --------------------------------------------------------
+
+
+def export_onnx(
+    module,
+    path: str | Path,
+    example_inputs,
+    *,
+    dynamic_batch: bool = True,
+    exporter: str | None = None,
+    opset: int | None = None,
+    verify: bool = True,
+    atol: float = 1e-5,
+    rtol: float = 1e-4,
+    external_data: bool | None = None,
+    input_names: Sequence[str] | None = None,
+    output_names: Sequence[str] | None = None,
+    dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
+    force: bool = False,
+    verbose: bool = False,
+    history: Sequence[Mapping[str, Any]] = (),
+    provenance: Mapping[str, Any] | None = None,
+) -> Report:
+    """Export `module` to ONNX at `path`, checked by onnx and proven equal in onnxruntime.
+
+    Args:
+        module: a built torch.nn.Module with its weights loaded; exported in eval mode
+            (its training flag is restored afterwards).
+        path: the .onnx file to write; it is written only once every check has passed.
+        example_inputs: a tensor or a tuple of tensors, one per forward argument.
+        dynamic_batch: make axis 0 of every input (and of outputs that carry the batch) dynamic.
+        exporter: "dynamo" or "torchscript"; default torch's own default.
+        opset: the ONNX opset; default the exporter's.
+        verify: run onnxruntime and compare every output with the module's.
+        atol, rtol: the comparison passes where |onnx - torch| <= atol + rtol * |torch|.
+        external_data: weights in a data file `<name>.data` beside the model; by default
+            only when they would not fit in one protobuf (2 GB).
+        input_names, output_names: default the forward signature's argument names, and
+            `output` / `output_0, output_1, ...` (or a returned dict's keys).
+        dynamic_axes: more dynamic axes, {name: {axis: label}}.
+        force: replace an existing `path`.
+        verbose: let the exporter print what it prints (it is captured otherwise).
+        history: the provenance steps the weights went through (`surgery.provenance.history`).
+        provenance: more arguments of the export step's provenance record (the CLI's module spec).
+
+    Returns:
+        A Report whose facts hold the exporter, opset, inputs and outputs (names, shapes with
+        symbolic labels, dtypes), the checker result, the differences per output and batch size,
+        the files written and their sizes, and the seconds each step took.
+
+    Raises:
+        OperationError: the module rejects the input, the exporter fails (its reason and the
+            other exporter to try), the checker rejects the model; ToleranceError: onnxruntime
+            differs beyond the tolerance. Nothing is written then.
+        OutputError: `path` exists (without `force`) or cannot be written.
+
+    Example:
+        >>> report = export_onnx(model.eval(), "model.onnx", torch.randn(1, 3, 224, 224))  # doctest: +SKIP
+        >>> report.facts["verify"][0]["max_abs_diff"]  # doctest: +SKIP
+    """
+    import torch
+
+    from .atomic import check_destination
+
+    path = Path(path)
+    exporter = exporter or default_exporter()
+    if exporter not in EXPORTERS:
+        raise OperationError(f"unknown exporter {exporter!r}", "exporter", f"use one of: {', '.join(EXPORTERS)}")
+    check_destination(path, (), force=force)
+    inputs = example_inputs if isinstance(example_inputs, tuple) else tuple(example_inputs) if isinstance(example_inputs, list) else (example_inputs,)
+    report = Report("export-onnx", facts={"exporter": exporter, "path": str(path), "atol": atol, "rtol": rtol, "dynamic_batch": dynamic_batch})
+    training = module.training
+    module.eval()
+    try:
+        reference = reference_outputs(module, inputs)
+        names_in = list(input_names) if input_names else _forward_names(module, len(inputs))
+        names_out = list(output_names) if output_names else _output_names(reference)
+        _check_names(names_in, len(inputs), names_out, len(_flat_outputs(reference)))
+        axes = _dynamic_axes(inputs, names_in, _flat_outputs(reference), names_out, dynamic_batch, dynamic_axes)
+        external = _wants_external(module, external_data)
+        with tempfile.TemporaryDirectory(prefix="surgery-export-") as folder:
+            staged = Path(folder) / path.name
+            seconds = time.perf_counter()
+            _run_exporter(module, inputs, staged, exporter, opset, names_in, names_out, axes, external, verbose)
+            report.facts["export_seconds"] = round(time.perf_counter() - seconds, 3)
+            _check_model(staged)
+            report.facts.update(_describe(staged))
+            if verify:
+                seconds = time.perf_counter()
+                cases = [(inputs, reference)] + ([_second_batch(module, inputs, axes, names_in)] if dynamic_batch else [])
+                report.facts["verify"] = _verify(staged, cases, names_in, names_out, atol, rtol, report)
+                report.facts["verify_seconds"] = round(time.perf_counter() - seconds, 3)
+            steps = [*history, _export_step(module, exporter, report, provenance)]
+            report.facts["files"] = _write(staged, path, external, steps, force=force)
+    finally:
+        module.train(training)
+    report.facts.update(external_data=external, torch=torch.__version__)
+    return report
+
+
+def reference_outputs(module, inputs: tuple):
+    """The module's outputs on `inputs`, without gradients; a forward that raises is a one-line error."""
+    import torch
+
+    try:
+        with torch.no_grad():
+            return module(*inputs)
+    except Exception as e:  # the user's forward: its message is the reason
+        shapes = ", ".join(f"{list(t.shape)} {str(t.dtype).removeprefix('torch.')}" for t in inputs if isinstance(t, torch.Tensor))
+        raise OperationError(f"the module rejects the example input {shapes}: {_first_line(e)}", "--input-shape", "give the shape (and dtype) its forward expects") from e
+
+
+def _flat_outputs(outputs) -> list:
+    """The output tensors in the order both exporters flatten them (dict values in order)."""
+    if isinstance(outputs, Mapping):
+        return [t for v in outputs.values() for t in _flat_outputs(v)]
+    if isinstance(outputs, (tuple, list)):
+        return [t for v in outputs for t in _flat_outputs(v)]
+    return [outputs]
+
+
+def _forward_names(module, count: int) -> list[str]:
+    parameters = [p for p in inspect.signature(module.forward).parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(parameters) >= count:
+        return [p.name for p in parameters[:count]]
+    return ["input"] if count == 1 else [f"input_{i}" for i in range(count)]
+
+
+def _output_names(outputs) -> list[str]:
+    flat = _flat_outputs(outputs)
+    fields = getattr(outputs, "_fields", None)  # a namedtuple
+    if isinstance(outputs, Mapping) and len(outputs) == len(flat):
+        return [str(k) for k in outputs]
+    if fields and len(fields) == len(flat):
+        return list(fields)
+    return ["output"] if len(flat) == 1 else [f"output_{i}" for i in range(len(flat))]
+
+
+def _check_names(names_in: list[str], inputs: int, names_out: list[str], outputs: int) -> None:
+    if len(names_in) != inputs:
+        raise OperationError(f"{len(names_in)} input names for {inputs} inputs", "--input-names", f"give {inputs} names, in forward's order")
+    if len(names_out) != outputs:
+        raise OperationError(f"{len(names_out)} output names for {outputs} outputs", "--output-names", f"give {outputs} names, in the order forward returns them")
+    for kind, names in (("input", names_in), ("output", names_out)):
+        if len(set(names)) != len(names):
+            raise OperationError(f"{kind} names repeat: {', '.join(names)}", f"--{kind}-names", "give each a different name")
+
+
+def _dynamic_axes(inputs, names_in, outputs, names_out, dynamic_batch: bool, extra) -> dict[str, dict[int, str]]:
+    """{value name: {axis: label}}: the batch axis (when dynamic) and the extra axes asked for."""
+    axes: dict[str, dict[int, str]] = {}
+    batch = inputs[0].shape[0] if inputs and inputs[0].dim() else None
+    if dynamic_batch:
+        for name, tensor in zip(names_in, inputs):
+            if tensor.dim():
+                axes.setdefault(name, {})[0] = "batch"
+        for name, tensor in zip(names_out, outputs):
+            if getattr(tensor, "dim", lambda: 0)() and tensor.shape[0] == batch:
+                axes.setdefault(name, {})[0] = "batch"
+    known = {**dict(zip(names_in, inputs)), **dict(zip(names_out, outputs))}
+    for name, more in (extra or {}).items():
+        if name not in known:
+            raise OperationError(f"--dynamic-axis names {name!r}, which is no input or output", "--dynamic-axis", f"use one of: {', '.join(known)}")
+        for axis, label in more.items():
+            if not -known[name].dim() <= int(axis) < known[name].dim():
+                raise OperationError(f"{name!r} has {known[name].dim()} axes, not axis {axis}", "--dynamic-axis", "count axes from 0")
+            axes.setdefault(name, {})[int(axis) % known[name].dim()] = str(label)
+    return axes
+
+
+def _wants_external(module, external_data: bool | None) -> bool:
+    weights = sum(t.numel() * t.element_size() for t in module.state_dict().values())
+    if external_data is None:
+        return weights > PROTOBUF_LIMIT - _GRAPH_ROOM
+    if not external_data and weights > PROTOBUF_LIMIT - _GRAPH_ROOM:
+        raise OperationError(f"the weights ({weights:,} bytes) do not fit in one ONNX protobuf (2 GB)", "--inline", "leave the weights in external data")
+    return external_data
+
+
+def _run_exporter(module, inputs, staged: Path, exporter: str, opset, names_in, names_out, axes, external: bool, verbose: bool) -> None:
+    import torch
+
+    options: dict[str, Any] = {"input_names": names_in, "output_names": names_out, "opset_version": opset}
+    if exporter == "dynamo":
+        # Labels as strings: torch makes each a dynamic dimension and names the ONNX axis after it.
+        per_input = tuple(axes.get(name) or None for name in names_in)
+        options.update(dynamo=True, external_data=external, dynamic_shapes=per_input if any(per_input) else None)
+    else:
+        options.update(dynamo=False, dynamic_axes=axes or None)
+    try:
+        with _exporter_noise(verbose):
+            torch.onnx.export(module, inputs, str(staged), **options)
+    except Exception as e:  # torch raises many kinds; the innermost cause says why
+        other = "torchscript" if exporter == "dynamo" else "dynamo"
+        raise OperationError(
+            f"the {exporter} exporter failed: {_innermost_reason(e)}", "torch.onnx.export",
+            f"try --exporter {other}, or --verbose to see the exporter's own report",
+        ) from e
+    if exporter == "torchscript" and external:
+        _move_to_external_data(staged)
+
+
+def _move_to_external_data(staged: Path) -> None:
+    """The TorchScript exporter writes weights inline below 2 GB; put them in `<name>.data`."""
+    import onnx
+
+    model = onnx.load(str(staged))
+    onnx.save(model, str(staged), save_as_external_data=True, all_tensors_to_one_file=True, location=staged.name + ".data")
+
+
+@contextlib.contextmanager
+def _exporter_noise(verbose: bool) -> Iterator[None]:
+    """Capture what the exporters print (Python prints, warnings, logging, C++ writes to fds 1 and 2)."""
+    if verbose:
+        yield
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    disabled = logging.root.manager.disable
+    with tempfile.TemporaryFile() as sink:
+        try:
+            os.dup2(sink.fileno(), 1)
+            os.dup2(sink.fileno(), 2)
+            logging.disable(logging.CRITICAL)
+            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                warnings.simplefilter("ignore")
+                yield
+        finally:
+            logging.disable(disabled)
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+
+
+def _innermost_reason(error: BaseException) -> str:
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return f"{type(error).__name__}: {_first_line(error)}"[:_REASON_CHARS]
+
+
+def _first_line(error: BaseException) -> str:
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _check_model(staged: Path) -> None:
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(staged), full_check=True)
+    except Exception as e:  # ValidationError, InferenceError
+        raise OperationError(f"the exported model fails onnx.checker: {_first_line(e)}", "torch.onnx.export", "try the other exporter or another --opset") from e
+
+
+def _describe(staged: Path) -> dict[str, Any]:
+    import onnx
+
+    model = onnx.load(str(staged), load_external_data=False)
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    return {"opset": opset, "inputs": [_value(v) for v in model.graph.input], "outputs": [_value(v) for v in model.graph.output]}
+
+
+def _value(value) -> dict[str, Any]:
+    import onnx
+
+    tensor = value.type.tensor_type
+    shape = [d.dim_param or d.dim_value for d in tensor.shape.dim]
+    return {"name": value.name, "shape": shape, "dtype": onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name}
+
+
+def _second_batch(module, inputs, axes, names_in) -> tuple[tuple, Any]:
+    """Inputs at another batch size (fresh floats, the example's rows for integers) and torch's outputs."""
+    import torch
+
+    batch = inputs[0].shape[0]
+    size = SECOND_BATCH if batch != SECOND_BATCH else SECOND_BATCH + 1
+    generator = torch.Generator().manual_seed(1)
+    second = []
+    for name, tensor in zip(names_in, inputs):
+        if 0 not in axes.get(name, {}):
+            second.append(tensor)
+        elif tensor.dtype.is_floating_point:
+            second.append(_random_tensor((size, *tensor.shape[1:]), tensor.dtype, generator))
+        else:
+            second.append(tensor[torch.arange(size) % tensor.shape[0]])
+    second = tuple(second)
+    return second, reference_outputs(module, second)
+
+
+def _verify(staged: Path, cases, names_in, names_out, atol: float, rtol: float, report: Report) -> list[dict[str, Any]]:
+    import numpy as np
+
+    session = _session(staged)
+    rows = []
+    for inputs, reference in cases:
+        feeds = {name: t.detach().cpu().numpy() for name, t in zip(names_in, inputs)}
+        got = _run_onnxruntime(session, feeds)
+        expected = [t.detach().cpu().numpy() for t in _flat_outputs(reference)]
+        for name, mine, theirs in zip(names_out, got, expected):
+            rows.append(_compare(name, int(inputs[0].shape[0]) if inputs[0].dim() else None, np.asarray(mine), theirs, atol, rtol))
+    report.facts["verify"] = rows
+    failed = [row for row in rows if not row["passed"]]
+    if failed:
+        worst = max(failed, key=lambda row: row["max_abs_diff"])
+        raise ToleranceError(
+            f"onnxruntime differs from torch beyond atol {atol:g}, rtol {rtol:g}: {len(failed)} of {len(rows)} comparisons, "
+            f"worst output {worst['output']!r} at batch {worst['batch']} by {worst['max_abs_diff']:.3g}"
+            + (f" ({worst['problem']})" if worst.get("problem") else ""),
+            str(report.facts["path"]),
+            "nothing was written; try the other exporter, or loosen --atol/--rtol if this is float rounding",
+            report,
+        )
+    return rows
+
+
+def _session(staged: Path):
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3  # errors only: its warnings are about its own graph rewrites
+    try:
+        with _exporter_noise(False):
+            return onnxruntime.InferenceSession(str(staged), options, providers=["CPUExecutionProvider"])
+    except Exception as e:
+        raise OperationError(f"onnxruntime cannot load the exported model: {_first_line(e)}", "onnxruntime", "try the other exporter or another --opset") from e
+
+
+def _run_onnxruntime(session, feeds: dict) -> list:
+    try:
+        return session.run(None, feeds)
+    except Exception as e:
+        shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in feeds.items())
+        raise OperationError(f"onnxruntime fails on {shapes}: {_first_line(e)}", "onnxruntime", "the exported graph may have fixed a dynamic size; try the other exporter, or --static") from e
+
+
+def _compare(name: str, batch: int | None, mine, theirs, atol: float, rtol: float) -> dict[str, Any]:
+    import numpy as np
+
+    row: dict[str, Any] = {"output": name, "batch": batch, "shape": list(theirs.shape)}
+    if mine.shape != theirs.shape:
+        return {**row, "max_abs_diff": float("inf"), "passed": False, "problem": f"onnxruntime gives shape {list(mine.shape)}"}
+    if theirs.dtype.kind in "fc":
+        close = np.isclose(mine, theirs, atol=atol, rtol=rtol, equal_nan=True)
+        diff = np.abs(mine.astype(np.float64) - theirs.astype(np.float64))
+        worst = float(np.nanmax(diff)) if diff.size else 0.0
+    else:
+        close = mine == theirs
+        worst = float(np.abs(mine.astype(np.int64) - theirs.astype(np.int64)).max()) if theirs.size else 0.0
+    return {**row, "max_abs_diff": worst, "passed": bool(close.all())}
+
+
+def _export_step(module, exporter: str, report: Report, provenance: Mapping[str, Any] | None) -> dict[str, Any]:
+    import torch
+
+    from ._version import __version__
+
+    step: dict[str, Any] = {"op": "export-onnx", "module": f"{type(module).__module__}.{type(module).__qualname__}"}
+    step.update({k: v for k, v in (provenance or {}).items() if v is not None})
+    step.update(exporter=exporter, opset=report.facts.get("opset"), torch=torch.__version__, version=__version__)
+    return step
+
+
+def _write(staged: Path, path: Path, external: bool, steps: list, *, force: bool) -> list[dict[str, Any]]:
+    """The checked model, with provenance, at `path`: data file first, then the model, each atomically."""
+    import onnx
+
+    from .atomic import atomic_output, check_destination
+    from .provenance import KEY
+
+    check_destination(path, (), force=force)
+    model = onnx.load(str(staged))
+    kept = [p for p in model.metadata_props if p.key != KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    model.metadata_props.add(key=KEY, value=json.dumps(steps, ensure_ascii=False, default=str))
+    written = []
+    try:
+        if external:
+            data = path.with_name(path.name + ".data")
+            with atomic_output(data) as tmp:
+                onnx.external_data_helper.convert_model_to_external_data(model, all_tensors_to_one_file=True, location=tmp.name)
+                onnx.external_data_helper.write_external_data_tensors(model, str(tmp.parent))
+                _point_to(model, data.name)
+            written.append({"path": str(data), "bytes": data.stat().st_size})
+        with atomic_output(path) as tmp:
+            onnx.save(model, str(tmp))
+    except OSError as e:
+        raise OutputError(f"cannot write the output ({e.strerror or e})", str(path), "check free space and permissions") from e
+    written.insert(0, {"path": str(path), "bytes": path.stat().st_size})
+    return written
+
+
+def _point_to(model, location: str) -> None:
+    from onnx.external_data_helper import _get_all_tensors
+
+    for tensor in _get_all_tensors(model):
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = location
