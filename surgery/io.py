@@ -8,6 +8,7 @@ from typing import Callable
 from . import formats
 from .atomic import atomic_output, check_destination
 from .errors import FormatError, OutputError, SurgeryError
+from .graph import GRAPH
 from .tree import Tree
 
 __all__ = ["load", "save", "check_output"]
@@ -75,6 +76,13 @@ def save(
     path = Path(path)
     name = check_output(tree, path, format, force=force, shard_size=shard_size)
     options = {"shard_size": shard_size} if shard_size is not None else {}
+    save_atomically = getattr(formats.module(name), "save_atomically", None)
+    if save_atomically is not None:  # a format of several files (ONNX model + data) writes them as one unit
+        try:
+            save_atomically(tree, path, progress=progress)
+        except OSError as e:
+            raise OutputError(f"cannot write the output ({e.strerror or e})", str(path), "check free space and permissions") from e
+        return name
     with atomic_output(path, directory=shard_size is not None) as tmp:
         try:
             formats.module(name).save(tree, tmp, progress=progress, **options)
@@ -99,5 +107,11 @@ def check_output(
         check_writable(tree)
     if shard_size is not None and name != "safetensors":
         raise OutputError(f"{name} files cannot be sharded", "--shard-size", "drop --shard-size, or write safetensors")
-    check_destination(path, tree.source_paths(), force=force)
+    check_destination(path, _input_paths(tree), force=force)
     return name
+
+
+def _input_paths(tree: Tree) -> set[Path]:
+    """Every file the tree reads, and the file its graph came from (a model whose weights are all external)."""
+    graph_paths = getattr(tree.format_state.get(GRAPH), "source_paths", None)
+    return tree.source_paths() | set(graph_paths() if callable(graph_paths) else ())

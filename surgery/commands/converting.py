@@ -32,6 +32,9 @@ from .common import (
 @click.option("--dtype", type=click.Choice(["float16", "bfloat16", "float32"]), help="Cast floating tensors; integers and bools are kept.")
 @click.option("--shard-size", type=SizeType(), help="Write a sharded safetensors folder, shards of at most SIZE (5GB, 500MB).")
 @click.option("--key", metavar="NAME", help="PyTorch checkpoints: the top-level entry that holds the state dict (e.g. model_ema); found by itself otherwise.")
+@click.option("--external-data", "external_data", flag_value="external", default=None, help="ONNX output: write tensors of at least --size-threshold bytes to one data file beside the model.")
+@click.option("--inline", "external_data", flag_value="inline", help="ONNX output: keep every tensor inside the model file (refused past protobuf's 2 GB limit).")
+@click.option("--size-threshold", type=SizeType(), help="ONNX output with --external-data: the smallest tensor that goes to the data file (default 1KB).")
 @layout_options
 @json_option
 @quiet_option
@@ -48,6 +51,7 @@ def convert(
     strip_prefix: str | None = None, drop: tuple[str, ...] = (), keep: tuple[str, ...] = (),
     layout: str | None = None, from_layout: str | None = None, flatten_shapes: tuple[str, ...] = (), rules_file: Path | None = None, transposed: tuple[str, ...] = (), depthwise: tuple[str, ...] = (),
     key: str | None = None,
+    external_data: str | None = None, size_threshold: int | None = None,
 ) -> None:
     """Convert SRC to another format, dtype or sharding, and write OUTPUT.
 
@@ -63,6 +67,8 @@ def convert(
       surgery convert model.safetensors -o half.safetensors --dtype bfloat16
       surgery convert model.h5 -o model.safetensors --layout torch --flatten-shape dense=7,7,64
       surgery convert model.safetensors -o model.h5 --layout keras --rules names.json
+      surgery convert model.onnx -o weights.safetensors                 (ONNX weights out)
+      surgery convert model.onnx -o big.onnx --external-data --size-threshold 1MB
     """
     from ..io import check_output, load
     from ..ops import cast_floating
@@ -73,6 +79,7 @@ def convert(
     cast_report = None
     if dtype:
         tree, cast_report = cast_floating(tree, dtype)
+    tree = _onnx_write_options(tree, output, to, dtype, external_data, size_threshold, shard_size is not None)
     fmt = check_output(tree, output, to, force=force, shard_size=shard_size)
     summary = {
         "input": str(src),
@@ -95,6 +102,32 @@ def convert(
         if layout_report is not None:
             _print_layout_summary(layout_report)
         _print_convert_summary(summary, dtype)
+
+
+def _onnx_write_options(tree, output: Path, to: str | None, dtype: str | None, external_data: str | None, size_threshold: int | None, sharded: bool):
+    """--external-data, --inline and --size-threshold go to the ONNX writer; ONNX refuses --dtype."""
+    from ..errors import OperationError
+    from ..formats import for_output
+
+    if for_output(output, to, sharded=sharded) != "onnx":
+        given = "--external-data" if external_data == "external" else "--inline" if external_data else "--size-threshold" if size_threshold is not None else None
+        if given:
+            raise OperationError(f"{given} only applies to ONNX output", given, "drop it, or write a .onnx file")
+        return tree
+    if dtype:
+        raise OperationError(
+            "--dtype cannot change an ONNX model: its nodes, inputs and outputs are typed too",
+            "--dtype",
+            "export the model again in the dtype you want, or convert its weights to safetensors with --dtype",
+        )
+    if size_threshold is not None and external_data != "external":
+        raise OperationError("--size-threshold needs --external-data", "--size-threshold", "add --external-data")
+    from ..formats.onnx_io import with_write_options
+
+    external = {"external": True, "inline": False}.get(external_data or "")
+    if external is None and size_threshold is None:
+        return tree
+    return with_write_options(tree, external=external, threshold=size_threshold)
 
 
 def _shard_count(tree, shard_size: int | None) -> int:

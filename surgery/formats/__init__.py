@@ -23,6 +23,7 @@ FORMATS: dict[str, str] = {
     "npz": "surgery.formats.npz_io",
     "keras_h5": "surgery.formats.keras_h5",
     "torch": "surgery.formats.torch_pt",
+    "onnx": "surgery.formats.onnx_io",
 }
 
 # Suffixes, so that outputs can be named without --to and inputs can be detected
@@ -35,6 +36,7 @@ SUFFIXES: dict[str, str] = {
     ".hdf5": "keras_h5",
     ".pt": "torch",
     ".pth": "torch",
+    ".onnx": "onnx",
     # .bin is not listed: it names too many things; torch zip files are found by content.
 }
 # Suffixes that name an output's format but are never trusted to detect an input's
