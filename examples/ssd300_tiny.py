@@ -36,6 +36,8 @@ class L2Normalization(nn.Module):
 
 
 class SSD300Tiny(nn.Module):
+    output_names = ("mbox_conf", "mbox_loc")  # export-onnx names the graph outputs after these
+
     def __init__(self, num_classes: int = 81, channels: int = CHANNELS) -> None:
         super().__init__()
         self.num_classes = num_classes

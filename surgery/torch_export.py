@@ -31,7 +31,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import OperationError, OutputError
+from .errors import OperationError
 from .report import Report
 
 __all__ = ["EXPORTERS", "ToleranceError", "build_module", "default_exporter", "export_onnx", "load_into", "random_inputs", "reference_outputs"]
@@ -42,6 +42,7 @@ _GRAPH_ROOM = 64 << 20  # what the graph itself may need beside inline weights
 SECOND_BATCH = 3  # the other batch size the dynamic batch axis is proven at
 _LISTED = 3  # names listed per kind in a load_into error
 _REASON_CHARS = 300  # torch's reason in an exporter error, at most
+_USER_FILE = "surgery_user_model_"  # module names given to the user's files imported by path
 
 
 class ToleranceError(OperationError):
@@ -102,7 +103,7 @@ def _import_target(target: str, where: str):
 def _import_file(path: Path, where: str):
     if not path.is_file():
         raise OperationError("no such Python file", where, "check the path before the ':'")
-    name = f"surgery_user_model_{abs(hash(str(path.resolve())))}"
+    name = f"{_USER_FILE}{abs(hash(str(path.resolve())))}"
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise OperationError("cannot import this file as Python", where, "give a .py file")
@@ -268,8 +269,9 @@ def export_onnx(
         atol, rtol: the comparison passes where |onnx - torch| <= atol + rtol * |torch|.
         external_data: weights in a data file `<name>.data` beside the model; by default
             only when they would not fit in one protobuf (2 GB).
-        input_names, output_names: default the forward signature's argument names, and
-            `output` / `output_0, output_1, ...` (or a returned dict's keys).
+        input_names, output_names: default the forward signature's argument names, and the
+            module's `output_names` attribute, a returned dict's keys or namedtuple's fields,
+            else `output` / `output_0, output_1, ...`.
         dynamic_axes: more dynamic axes, {name: {axis: label}}.
         force: replace an existing `path`.
         verbose: let the exporter print what it prints (it is captured otherwise).
@@ -307,7 +309,7 @@ def export_onnx(
     try:
         reference = reference_outputs(module, inputs)
         names_in = list(input_names) if input_names else _forward_names(module, len(inputs))
-        names_out = list(output_names) if output_names else _output_names(reference)
+        names_out = list(output_names) if output_names else _output_names(module, reference)
         _check_names(names_in, len(inputs), names_out, len(_flat_outputs(reference)))
         axes = _dynamic_axes(inputs, names_in, _flat_outputs(reference), names_out, dynamic_batch, dynamic_axes)
         external = _wants_external(module, external_data)
@@ -323,8 +325,8 @@ def export_onnx(
                 cases = [(inputs, reference)] + ([_second_batch(module, inputs, axes, names_in)] if dynamic_batch else [])
                 report.facts["verify"] = _verify(staged, cases, names_in, names_out, atol, rtol, report)
                 report.facts["verify_seconds"] = round(time.perf_counter() - seconds, 3)
-            steps = [*history, _export_step(module, exporter, report, provenance)]
-            report.facts["files"] = _write(staged, path, external, steps, force=force)
+            step = _export_step(module, exporter, report, provenance)
+            report.facts["files"] = _write(staged, path, external, history, step, force=force)
     finally:
         module.train(training)
     report.facts.update(external_data=external, torch=torch.__version__)
@@ -359,9 +361,12 @@ def _forward_names(module, count: int) -> list[str]:
     return ["input"] if count == 1 else [f"input_{i}" for i in range(count)]
 
 
-def _output_names(outputs) -> list[str]:
+def _output_names(module, outputs) -> list[str]:
     flat = _flat_outputs(outputs)
     fields = getattr(outputs, "_fields", None)  # a namedtuple
+    declared = getattr(module, "output_names", None)  # a module may say, as examples/ssd300_tiny.py does
+    if isinstance(declared, (tuple, list)) and len(declared) == len(flat) and all(isinstance(n, str) for n in declared):
+        return list(declared)
     if isinstance(outputs, Mapping) and len(outputs) == len(flat):
         return [str(k) for k in outputs]
     if fields and len(fields) == len(flat):
@@ -429,16 +434,6 @@ def _run_exporter(module, inputs, staged: Path, exporter: str, opset, names_in, 
             f"the {exporter} exporter failed: {_innermost_reason(e)}", "torch.onnx.export",
             f"try --exporter {other}, or --verbose to see the exporter's own report",
         ) from e
-    if exporter == "torchscript" and external:
-        _move_to_external_data(staged)
-
-
-def _move_to_external_data(staged: Path) -> None:
-    """The TorchScript exporter writes weights inline below 2 GB; put them in `<name>.data`."""
-    import onnx
-
-    model = onnx.load(str(staged))
-    onnx.save(model, str(staged), save_as_external_data=True, all_tensors_to_one_file=True, location=staged.name + ".data")
 
 
 @contextlib.contextmanager
@@ -585,50 +580,32 @@ def _compare(name: str, batch: int | None, mine, theirs, atol: float, rtol: floa
 
 
 def _export_step(module, exporter: str, report: Report, provenance: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The export's provenance arguments: the module, what the caller adds (spec, checkpoint), the exporter."""
     import torch
 
-    from ._version import __version__
-
-    step: dict[str, Any] = {"op": "export-onnx", "module": f"{type(module).__module__}.{type(module).__qualname__}"}
+    kind = type(module)
+    where = "" if kind.__module__.startswith(_USER_FILE) else f"{kind.__module__}."  # a file's module name means nothing
+    step: dict[str, Any] = {"module": where + kind.__qualname__}
     step.update({k: v for k, v in (provenance or {}).items() if v is not None})
-    step.update(exporter=exporter, opset=report.facts.get("opset"), torch=torch.__version__, version=__version__)
+    step.update(exporter=exporter, opset=report.facts.get("opset"), torch=torch.__version__)
     return step
 
 
-def _write(staged: Path, path: Path, external: bool, steps: list, *, force: bool) -> list[dict[str, Any]]:
-    """The checked model, with provenance, at `path`: data file first, then the model, each atomically."""
+def _write(staged: Path, path: Path, external: bool, history: Sequence[Mapping[str, Any]], step: dict[str, Any], *, force: bool) -> list[dict[str, Any]]:
+    """The checked model at `path` through surgery's ONNX writer: model and data file as one atomic unit."""
+    from .formats.onnx_io import with_write_options
+    from .io import load, save
+    from .provenance import KEY, record
+
+    tree = with_write_options(load(staged, "onnx"), external=external)
+    tree = tree.derive(metadata={**tree.metadata, KEY: json.dumps(list(history), ensure_ascii=False, default=str)})
+    save(record(tree, "export-onnx", **step), path, "onnx", force=force)
+    return [{"path": str(p), "bytes": p.stat().st_size} for p in (path, *_data_files(path))]
+
+
+def _data_files(path: Path) -> list[Path]:
     import onnx
 
-    from .atomic import atomic_output, check_destination
-    from .provenance import KEY
-
-    check_destination(path, (), force=force)
-    model = onnx.load(str(staged))
-    kept = [p for p in model.metadata_props if p.key != KEY]
-    del model.metadata_props[:]
-    model.metadata_props.extend(kept)
-    model.metadata_props.add(key=KEY, value=json.dumps(steps, ensure_ascii=False, default=str))
-    written = []
-    try:
-        if external:
-            data = path.with_name(path.name + ".data")
-            with atomic_output(data) as tmp:
-                onnx.external_data_helper.convert_model_to_external_data(model, all_tensors_to_one_file=True, location=tmp.name)
-                onnx.external_data_helper.write_external_data_tensors(model, str(tmp.parent))
-                _point_to(model, data.name)
-            written.append({"path": str(data), "bytes": data.stat().st_size})
-        with atomic_output(path) as tmp:
-            onnx.save(model, str(tmp))
-    except OSError as e:
-        raise OutputError(f"cannot write the output ({e.strerror or e})", str(path), "check free space and permissions") from e
-    written.insert(0, {"path": str(path), "bytes": path.stat().st_size})
-    return written
-
-
-def _point_to(model, location: str) -> None:
-    from onnx.external_data_helper import _get_all_tensors
-
-    for tensor in _get_all_tensors(model):
-        for entry in tensor.external_data:
-            if entry.key == "location":
-                entry.value = location
+    model = onnx.load(str(path), load_external_data=False)
+    locations = {x.value for t in model.graph.initializer for x in t.external_data if x.key == "location"}
+    return [path.parent / name for name in sorted(locations)]

@@ -138,7 +138,7 @@ class NamesType(click.ParamType):
 @click.option("--static", is_flag=True, help="Keep the batch axis fixed (it is dynamic by default).")
 @click.option("--dynamic-axis", "dynamic_axes", multiple=True, type=DynamicAxisType(), help="Another dynamic axis: NAME=AXIS:LABEL, e.g. image=2:height (repeatable).")
 @click.option("--input-names", type=NamesType(), help="Names of the graph inputs, comma-separated (default: forward's argument names).")
-@click.option("--output-names", type=NamesType(), help="Names of the graph outputs, comma-separated (default: output, or output_0, output_1, ...).")
+@click.option("--output-names", type=NamesType(), help="Names of the graph outputs, comma-separated (default: the module's output_names attribute, else output, or output_0, output_1, ...).")
 @click.option("--exporter", type=click.Choice(["dynamo", "torchscript"]), help="torch.onnx.export's exporter (default: torch's own default, dynamo in torch 2.9 and later).")
 @click.option("--opset", type=click.IntRange(min=7), help="ONNX opset version (default: the exporter's).")
 @click.option("--external-data", is_flag=True, help="Write the weights to OUTPUT.data beside the model (automatic past protobuf's 2 GB limit).")
