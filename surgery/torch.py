@@ -142,6 +142,12 @@ def _numpy_of(name, tensor):
     raw = contiguous.reshape(-1).view(torch.uint8) if contiguous.dim() else contiguous.reshape(1).view(torch.uint8)
     return raw.numpy().view(target).reshape(tuple(tensor.shape))
 
+# -- ONNX export (surgery/torch_export.py) ---------------------------------------------
+
+__all__ += ["export_onnx", "load_into"]
+
+from .torch_export import export_onnx, load_into  # noqa: E402  (imports torch only when called)
+
 # -- freeze maps --------------------------------------------------------------------
 
 __all__ += ["apply_freeze_map"]

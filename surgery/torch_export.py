@@ -132,7 +132,10 @@ def _callables_hint(namespace) -> str:
 # -- weights into the module ------------------------------------------------------------
 
 
-def load_into(module, tree_or_path, *, key: str | None = None, strip_prefix: str | None = None, keep: Sequence[str] = (), drop: Sequence[str] = (), rules: Sequence[tuple[str, str]] = ()) -> Report:
+def load_into(
+    module, tree_or_path, *, key: str | None = None, strip_prefix: str | None = None, keep: Sequence[str] = (), drop: Sequence[str] = (),
+    rules: Sequence[tuple[str, str]] = (), where: str | None = None,
+) -> Report:
     """Load a checkpoint into `module` with `load_state_dict(strict=True)`.
 
     Args:
@@ -141,6 +144,7 @@ def load_into(module, tree_or_path, *, key: str | None = None, strip_prefix: str
             Keras layout is moved to torch layout first (`surgery.ops.convert_layout`).
         key, strip_prefix, keep, drop, rules: the name options, as `surgery convert` and
             `rename` apply them (`--key`, `--strip-prefix`, `--keep`, `--drop`, `--map`).
+        where: what errors name as the checkpoint (default its path, or "checkpoint" for a tree).
 
     Returns:
         A Report whose facts give the tensors loaded, the source and the provenance steps.
@@ -158,7 +162,7 @@ def load_into(module, tree_or_path, *, key: str | None = None, strip_prefix: str
     from .torch import to_state_dict
     from .tree import KERAS, Tree
 
-    where = "checkpoint" if isinstance(tree_or_path, Tree) else str(tree_or_path)
+    where = where or ("checkpoint" if isinstance(tree_or_path, Tree) else str(tree_or_path))
     tree = tree_or_path if isinstance(tree_or_path, Tree) else load(tree_or_path, key=key)
     report = Report("load-into")
     if tree.convention is KERAS:

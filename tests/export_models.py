@@ -5,9 +5,10 @@
 * `TwoInTwoOut`: an image and a feature vector in, logits and an embedding out.
 * `ConvClassifier`: a small SSD-like conv head, `anchors x num_classes` class channels (anchor-major)
   reshaped to (N, boxes, num_classes), and `anchors x 4` box channels.
+* `KerasTwin`: the torch twin of a small Keras Conv/BatchNorm/Flatten/Dense model.
 * Modules that fail on purpose: a callable that returns no module, one that the dynamo exporter
-  cannot trace (data-dependent control flow), one that the TorchScript exporter cannot translate
-  (an FFT), and one that neither exporter can handle.
+  cannot trace (data-dependent control flow), and one that the TorchScript exporter cannot translate
+  (an FFT).
 """
 
 from __future__ import annotations
@@ -72,6 +73,22 @@ class ConvClassifier(nn.Module):
         return scores, boxes
 
 
+class KerasTwin(nn.Module):
+    """Conv2D(same) -> BatchNorm -> ReLU -> Conv2D(valid) -> Flatten -> Dense -> Dense, as torch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.norm = nn.BatchNorm2d(4, eps=1e-3)  # Keras's eps
+        self.body = nn.Conv2d(4, 6, 3)
+        self.fc = nn.Linear(6 * 6 * 6, 5)
+        self.classifier = nn.Linear(5, 3)
+
+    def forward(self, image):
+        x = self.body(torch.relu(self.norm(self.stem(image))))
+        return self.classifier(torch.relu(self.fc(x.flatten(1))))
+
+
 def not_a_module() -> list[int]:
     return [1, 2, 3]
 
@@ -99,14 +116,3 @@ class Spectrum(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.fft.fft(self.fc(x)).real
-
-
-class Eigen(nn.Module):
-    """torch.linalg.eig: no exporter has an ONNX translation."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc = nn.Linear(4, 4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.linalg.eig(self.fc(x).reshape(-1, 2, 2))[0].real

@@ -198,7 +198,7 @@ def export_onnx(checkpoint: Path, output: Path, force: bool, dry_run: bool, mode
     tree, layout_report = _apply_layout(tree, layout or ("torch" if tree.convention.name == "keras" or from_layout == "keras" else None), from_layout, flatten_shapes, rules_file, transposed, depthwise)
     kwargs = dict(model_args)
     module = build_module(model_spec, kwargs)
-    loaded = load_into(module, tree, strip_prefix=strip_prefix, keep=keep, drop=drop, rules=_parse_rules(rules))
+    loaded = load_into(module, tree, strip_prefix=strip_prefix, keep=keep, drop=drop, rules=_parse_rules(rules), where=str(checkpoint))
     inputs = random_inputs(shapes, dtypes, seed=seed)
     document: dict[str, Any] = {
         "checkpoint": str(checkpoint), "output": str(output), "model": model_spec, "model_args": kwargs,
