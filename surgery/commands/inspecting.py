@@ -47,10 +47,35 @@ def inspect(path: Path, filters: tuple[str, ...], as_json: bool, key: str | None
                 ],
                 "total_bytes": total,
                 "metadata": tree.metadata,
+                **_onnx_facts(tree),
             }
         )
         return
     _print_table(tree, entries, total)
+    _print_onnx_facts(_onnx_facts(tree).get("onnx"))
+
+
+def _onnx_facts(tree) -> dict:
+    """An ONNX model's IR version, opsets, producer, inputs and outputs (symbolic dims by name)."""
+    if tree.format != "onnx":
+        return {}
+    from ..formats.onnx_io import describe
+
+    return {"onnx": describe(tree)}
+
+
+def _print_onnx_facts(facts: dict | None) -> None:
+    if not facts:
+        return
+    opsets = ", ".join(f"{domain} {version}" for domain, version in facts["opsets"].items())
+    producer = " ".join(v for v in facts["producer"].values() if v) or "unknown"
+    click.echo(f"onnx: ir_version {facts['ir_version']}, opsets {opsets}; producer {_printable(producer)}; {facts['nodes']} nodes")
+    for kind in ("inputs", "outputs"):
+        for value in facts[kind]:
+            shape = "?" if value.get("shape") is None else "[" + ", ".join("?" if d is None else str(d) for d in value["shape"]) + "]"
+            click.echo(f"{kind[:-1]} {_printable(value['name'])} {shape} {value.get('dtype', value.get('type'))}")
+    if facts["external_data"]:
+        click.echo(f"external data: {', '.join(_printable(n) for n in facts['external_data'])}")
 
 
 def _filtered(tree, filters: tuple[str, ...], path: Path) -> list:

@@ -150,7 +150,7 @@ def describe(tree: Tree) -> dict[str, Any]:
         "nodes": len(model.graph.node),
         "inputs": [_value_info(v) for v in model.graph.input if v.name not in weights],
         "outputs": [_value_info(v) for v in model.graph.output],
-        "external_data": sorted({str(p.name) for e in tree.values() for p in e.source.paths()[:1] if _is_external(e)}),
+        "external_data": sorted({e.source.path.name for e in tree.values() if _is_external(e)}),
     }
 
 

@@ -265,6 +265,7 @@ def _write_model(plan: _Plan, tree: Tree, path: Path, progress: Progress | None)
             tensor.raw_data = b"".join(bytes(chunk) for chunk in e.iter_bytes())
             if progress:
                 progress(e.nbytes)
+    _declare_weight_inputs(plan)
     del plan.model.metadata_props[:]
     for key, value in tree.metadata.items():
         prop = plan.model.metadata_props.add()
@@ -273,6 +274,21 @@ def _write_model(plan: _Plan, tree: Tree, path: Path, progress: Progress | None)
         f.write(plan.model.SerializeToString())
         f.flush()
         os.fsync(f.fileno())
+
+
+def _declare_weight_inputs(plan: _Plan) -> None:
+    """Models of IR < 4 list initializers among the graph inputs: keep those types equal to the weights."""
+    weights = {tensor.name: tensor for tensor, _ in plan.slots if tensor.name}
+    for g in iter_graphs(plan.model.graph, "onnx"):
+        for value in g.input:
+            tensor = weights.get(value.name)
+            if tensor is None or not value.type.HasField("tensor_type"):
+                continue
+            value.type.tensor_type.elem_type = tensor.data_type
+            shape = value.type.tensor_type.shape
+            del shape.dim[:]
+            for d in tensor.dims:
+                shape.dim.add().dim_value = d
 
 
 def _our_data_files(path: Path) -> list[Path]:
