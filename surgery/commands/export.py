@@ -11,7 +11,9 @@ import click
 from .common import (
     _MAP_HELP,
     _apply_layout,
+    _apply_name_options,
     _emit_json,
+    _name_summary,
     _parse_rules,
     _printable,
     json_option,
@@ -166,9 +168,10 @@ def export_onnx(checkpoint: Path, output: Path, force: bool, dry_run: bool, mode
     --model imports and runs your own Python code: this is the one place
     surgery runs code it did not write. CHECKPOINT is still read without
     unpickling anything (any format surgery reads: safetensors, npz, PyTorch
-    zip or legacy, Keras HDF5). A Keras-layout checkpoint is moved to torch
-    layout first (the --layout options are those of `surgery convert`); then
-    --strip-prefix, --keep/--drop and --map rename it to the module's names.
+    zip or legacy, Keras HDF5, ONNX). As in `surgery convert`, --strip-prefix
+    and --keep/--drop apply first, then a Keras-layout checkpoint is moved to
+    torch layout (with convert's --layout options); --map then renames the
+    torch names to the module's.
 
     \b
     Examples:
@@ -195,14 +198,17 @@ def export_onnx(checkpoint: Path, output: Path, force: bool, dry_run: bool, mode
     check_destination(output, tree.source_paths(), force=force)  # before anything slow
     if layout == "keras":
         raise OperationError("export-onnx needs the weights in torch layout", "--layout keras", "drop --layout, or give --layout torch")
-    tree, layout_report = _apply_layout(tree, layout or ("torch" if tree.convention.name == "keras" or from_layout == "keras" else None), from_layout, flatten_shapes, rules_file, transposed, depthwise)
+    # As in `convert`: --strip-prefix, --keep and --drop, then the layout; --map then sees torch names.
+    tree, name_reports = _apply_name_options(tree, strip_prefix, drop, keep)
+    to_torch = layout or ("torch" if tree.convention.name == "keras" or from_layout == "keras" else None)
+    tree, layout_report = _apply_layout(tree, to_torch, from_layout, flatten_shapes, rules_file, transposed, depthwise)
     kwargs = dict(model_args)
     module = build_module(model_spec, kwargs)
-    loaded = load_into(module, tree, strip_prefix=strip_prefix, keep=keep, drop=drop, rules=_parse_rules(rules), where=str(checkpoint))
+    loaded = load_into(module, tree, rules=_parse_rules(rules), where=str(checkpoint))
     inputs = random_inputs(shapes, dtypes, seed=seed)
     document: dict[str, Any] = {
         "checkpoint": str(checkpoint), "output": str(output), "model": model_spec, "model_args": kwargs,
-        "tensors": loaded.facts["loaded"], "renamed": len([c for c in loaded.changes if c.kind == "renamed"]),
+        "tensors": loaded.facts["loaded"], **_name_summary([*name_reports, loaded]),
         "layout": layout_report.to_json() if layout_report is not None else None, "dry_run": dry_run,
     }
     if dry_run:
@@ -248,7 +254,9 @@ def _finish(document: dict, as_json: bool, quiet: bool) -> None:
 
 
 def _print_export(document: dict) -> None:
-    click.echo(f"loaded {document['tensors']} tensors into {document['model']} (strict)" + (f", {document['renamed']} renamed" if document["renamed"] else ""))
+    renamed, dropped = len(document["renamed"]), len(document["dropped"])
+    click.echo(f"loaded {document['tensors']} tensors into {document['model']} (strict)"
+               + (f", {renamed} renamed" if renamed else "") + (f", {dropped} left out" if dropped else ""))
     if document["dry_run"]:
         click.echo(f"the weights fit and the example input runs; would export {document['output']}")
         return
