@@ -302,6 +302,7 @@ def export_onnx(
     from .atomic import check_destination
 
     path = Path(path)
+    _require_frameworks()
     exporter = exporter or default_exporter()
     if exporter not in EXPORTERS:
         raise OperationError(f"unknown exporter {exporter!r}", "exporter", f"use one of: {', '.join(EXPORTERS)}")
@@ -337,16 +338,27 @@ def export_onnx(
     return report
 
 
+def _require_frameworks() -> None:
+    """onnx and onnxruntime prove the export; onnxscript is what the dynamo exporter builds graphs with."""
+    for package in ("onnx", "onnxruntime", "onnxscript"):
+        if importlib.util.find_spec(package) is None:
+            raise OperationError(f"ONNX export needs the {package} package", package, "pip install 'surgery[export]'")
+
+
 def reference_outputs(module, inputs: tuple):
     """The module's outputs on `inputs`, without gradients; a forward that raises is a one-line error."""
     import torch
 
     try:
         with torch.no_grad():
-            return module(*inputs)
+            outputs = module(*inputs)
     except Exception as e:  # the user's forward: its message is the reason
         shapes = ", ".join(f"{list(t.shape)} {str(t.dtype).removeprefix('torch.')}" for t in inputs if isinstance(t, torch.Tensor))
         raise OperationError(f"the module rejects the example input {shapes}: {_first_line(e)}", "--input-shape", "give the shape (and dtype) its forward expects") from e
+    for value in _flat_outputs(outputs):
+        if not isinstance(value, torch.Tensor):
+            raise OperationError(f"forward returns a {type(value).__name__} among its outputs", "forward", "return tensors (or tuples, lists or dicts of tensors) only")
+    return outputs
 
 
 def _flat_outputs(outputs) -> list:
@@ -415,7 +427,7 @@ def _wants_external(module, external_data: bool | None) -> bool:
     if external_data is None:
         return weights > PROTOBUF_LIMIT - _GRAPH_ROOM
     if not external_data and weights > PROTOBUF_LIMIT - _GRAPH_ROOM:
-        raise OperationError(f"the weights ({weights:,} bytes) do not fit in one ONNX protobuf (2 GB)", "--inline", "leave the weights in external data")
+        raise OperationError(f"the weights ({weights:,} bytes) do not fit in one ONNX protobuf (2 GB)", "external_data=False", "leave external_data at None (automatic) or True")
     return external_data
 
 
@@ -530,6 +542,8 @@ def _verify(staged: Path, cases, names_in, names_out, atol: float, rtol: float, 
         feeds = {name: t.detach().cpu().numpy() for name, t in zip(names_in, inputs)}
         got = _run_onnxruntime(session, feeds)
         expected = [t.detach().cpu().numpy() for t in _flat_outputs(reference)]
+        if len(got) != len(expected):
+            raise OperationError(f"onnxruntime gives {len(got)} outputs and the module {len(expected)}", "torch.onnx.export", "try the other exporter")
         for name, mine, theirs in zip(names_out, got, expected):
             rows.append(_compare(name, int(inputs[0].shape[0]) if inputs[0].dim() else None, np.asarray(mine), theirs, atol, rtol))
     report.facts["verify"] = rows

@@ -23,6 +23,8 @@ ort = pytest.importorskip("onnxruntime")
 from export_models import ConvClassifier, PNet, TwoInTwoOut
 from helpers import digest, error_line, run
 
+import surgery
+
 pytestmark = pytest.mark.interop
 
 MODELS = Path(__file__).resolve().parent / "export_models.py"
@@ -138,6 +140,18 @@ def test_external_data_and_more_dynamic_axes(pnet, pnet_files, tmp_path):
     assert_proven(out, pnet, lambda b: {"image": images(b, (3, 30, 36))})  # another height and width too
 
 
+def test_weights_past_the_protobuf_limit_go_to_external_data_by_themselves(pnet, tmp_path, monkeypatch):
+    import surgery.torch_export as export
+
+    monkeypatch.setattr(export, "PROTOBUF_LIMIT", export._GRAPH_ROOM + 20_000)  # PNet's 26.5 KB of weights are "too large"
+    report = export.export_onnx(pnet, tmp_path / "m.onnx", torch.from_numpy(images(1)), exporter="torchscript")
+    assert report.facts["external_data"] is True
+    assert [Path(f["path"]).suffix for f in report.facts["files"]] == [".onnx", ".data"]
+    with pytest.raises(surgery.OperationError, match=r"^the weights \(26,528 bytes\) do not fit in one ONNX protobuf \(2 GB\)"):
+        export.export_onnx(pnet, tmp_path / "inline.onnx", torch.from_numpy(images(1)), exporter="torchscript", external_data=False)
+    assert not (tmp_path / "inline.onnx").exists()
+
+
 def test_dry_run_checks_the_fit_and_writes_nothing(pnet_files, tmp_path):
     result = run("export-onnx", pnet_files / "zip.pt", "-o", tmp_path / "m.onnx", "--model", PNET, "--input-shape", "1,3,24,24", "--dry-run")
     assert result.exit_code == 0, result.stderr
@@ -228,6 +242,12 @@ def test_subsample_then_export_swaps_the_class_channels(tmp_path):
     np.testing.assert_allclose(scores, ref_scores[..., [1, 0]], atol=1e-5, rtol=0)
     np.testing.assert_allclose(boxes, ref_boxes, atol=1e-5, rtol=0)
     assert [step["op"] for step in provenance(out)] == ["subsample", "export-onnx"]
+    # An ONNX file is a checkpoint too: its initializers load into the module again.
+    again = run("export-onnx", out, "-o", tmp_path / "again.onnx", "--model", f"{MODELS}:ConvClassifier", "--model-arg", "num_classes=2",
+                "--input-shape", "1,3,16,16", "--exporter", "torchscript", "-q")
+    assert again.exit_code == 0, again.stderr
+    np.testing.assert_array_equal(ort_run(tmp_path / "again.onnx", {"image": x})[0], scores)
+    assert [step["op"] for step in provenance(tmp_path / "again.onnx")] == ["subsample", "export-onnx", "export-onnx"]
 
 
 # -- two inputs, two outputs ------------------------------------------------------------------
