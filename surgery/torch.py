@@ -142,11 +142,12 @@ def _numpy_of(name, tensor):
     raw = contiguous.reshape(-1).view(torch.uint8) if contiguous.dim() else contiguous.reshape(1).view(torch.uint8)
     return raw.numpy().view(target).reshape(tuple(tensor.shape))
 
-# -- ONNX export (surgery/torch_export.py) ---------------------------------------------
+# -- ONNX export (surgery/torch_export.py, surgery/torch_loading.py) -----------------
 
 __all__ += ["export_onnx", "load_into"]
 
-from .torch_export import export_onnx, load_into  # noqa: E402  (imports torch only when called)
+from .torch_export import export_onnx  # noqa: E402  (each imports torch only when called)
+from .torch_loading import load_into  # noqa: E402
 
 # -- freeze maps --------------------------------------------------------------------
 

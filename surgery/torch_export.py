@@ -4,10 +4,8 @@
 into a temporary folder, checks the result with `onnx.checker.check_model(full_check=True)`,
 runs it in onnxruntime on the example input (and on a second batch size when the batch axis
 is dynamic), compares every output with the module's own, and only then writes the
-destination atomically, with the provenance in the model's `metadata_props`. `load_into`
-loads a checkpoint into a module strictly, with one-line errors that say what does not fit.
-`build_module` imports the user's own code that builds the module: the one place surgery
-runs Python it did not write (checkpoints are still read without unpickling code).
+destination atomically, with the provenance in the model's `metadata_props`. Building the
+user's module and loading a checkpoint into it live in `surgery.torch_loading`.
 
 torch, onnx and onnxruntime are imported inside the functions.
 """
@@ -22,7 +20,6 @@ import io
 import json
 import logging
 import os
-import re
 import sys
 import tempfile
 import time
@@ -33,16 +30,15 @@ from typing import Any
 
 from .errors import OperationError
 from .report import Report
+from .torch_loading import first_line
 
-__all__ = ["EXPORTERS", "ToleranceError", "build_module", "default_exporter", "export_onnx", "load_into", "random_inputs", "reference_outputs"]
+__all__ = ["EXPORTERS", "ToleranceError", "default_exporter", "export_onnx", "random_inputs", "reference_outputs"]
 
 EXPORTERS = ("dynamo", "torchscript")
 PROTOBUF_LIMIT = 2**31  # bytes: one serialized ONNX protobuf cannot be larger
 _GRAPH_ROOM = 64 << 20  # what the graph itself may need beside inline weights
 SECOND_BATCH = 3  # the other batch size the dynamic batch axis is proven at
-_LISTED = 3  # names listed per kind in a load_into error
 _REASON_CHARS = 300  # torch's reason in an exporter error, at most
-_USER_FILE = "surgery_user_model_"  # module names given to the user's files imported by path
 
 
 class ToleranceError(OperationError):
@@ -51,157 +47,6 @@ class ToleranceError(OperationError):
     def __init__(self, what: str, where: str, fix: str, report: Report) -> None:
         super().__init__(what, where, fix)
         self.report = report
-
-
-# -- the user's module ----------------------------------------------------------------
-
-
-def build_module(spec: str, kwargs: Mapping[str, Any] | None = None):
-    """Import `spec` ("package.module:callable" or "path/to/file.py:callable") and call it.
-
-    This runs the user's own code. `callable` may be dotted (`models:Factory.small`).
-
-    Raises:
-        OperationError: the module does not import, names no such callable, the call fails,
-            or it returns something that is not a `torch.nn.Module`.
-    """
-    import torch
-
-    where = f"--model {spec}"
-    target, _, attribute = spec.rpartition(":")
-    if not target or not attribute:
-        raise OperationError(f"{spec!r} names no callable", where, "write package.module:callable or path/to/file.py:callable")
-    namespace = _import_target(target, where)
-    factory: Any = namespace
-    for part in attribute.split("."):
-        if not hasattr(factory, part):
-            raise OperationError(f"{target!r} has no attribute {attribute!r}", where, _callables_hint(namespace))
-        factory = getattr(factory, part)
-    if not callable(factory):
-        raise OperationError(f"{attribute!r} in {target!r} is a {type(factory).__name__}, not a callable", where, _callables_hint(namespace))
-    call = f"{attribute}({', '.join(f'{k}={v!r}' for k, v in (kwargs or {}).items())})"
-    try:
-        module = factory(**(kwargs or {}))
-    except Exception as e:  # the user's code: any failure is theirs to read, in one line
-        raise OperationError(f"{call} failed: {_first_line(e)}", where, "check --model-arg names and values against the callable's signature") from e
-    if not isinstance(module, torch.nn.Module):
-        raise OperationError(f"{call} returned a {type(module).__name__}, not a torch.nn.Module", where, "name the class or the function that builds the model")
-    return module
-
-
-def _import_target(target: str, where: str):
-    if target.endswith(".py") or "/" in target or os.sep in target:
-        return _import_file(Path(target), where)
-    try:
-        return importlib.import_module(target)
-    except ImportError as e:
-        raise OperationError(f"cannot import {target!r}: {_first_line(e)}", where, "install the package, or give path/to/file.py:callable") from e
-    except Exception as e:
-        raise OperationError(f"importing {target!r} failed: {_first_line(e)}", where, "fix the error in that module") from e
-
-
-def _import_file(path: Path, where: str):
-    if not path.is_file():
-        raise OperationError("no such Python file", where, "check the path before the ':'")
-    name = f"{_USER_FILE}{abs(hash(str(path.resolve())))}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise OperationError("cannot import this file as Python", where, "give a .py file")
-    module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(path.resolve().parent))  # so the file can import its neighbours
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except Exception as e:
-        sys.modules.pop(name, None)
-        raise OperationError(f"importing {str(path)!r} failed: {_first_line(e)}", where, "fix the error in that file") from e
-    finally:
-        sys.path.remove(str(path.resolve().parent))
-    return module
-
-
-def _callables_hint(namespace) -> str:
-    import torch
-
-    classes = [n for n, v in vars(namespace).items() if isinstance(v, type) and issubclass(v, torch.nn.Module) and getattr(v, "__module__", "") == namespace.__name__]
-    if not classes:
-        return "name a class or function defined there"
-    return f"modules defined there: {', '.join(classes[:8])}" + (" ..." if len(classes) > 8 else "")
-
-
-# -- weights into the module ------------------------------------------------------------
-
-
-def load_into(
-    module, tree_or_path, *, key: str | None = None, strip_prefix: str | None = None, keep: Sequence[str] = (), drop: Sequence[str] = (),
-    rules: Sequence[tuple[str, str]] = (), where: str | None = None,
-) -> Report:
-    """Load a checkpoint into `module` with `load_state_dict(strict=True)`.
-
-    Args:
-        module: a built torch.nn.Module.
-        tree_or_path: a Tree, or the path of anything `surgery.load` reads. A tree in
-            Keras layout is moved to torch layout first (`surgery.ops.convert_layout`).
-        key, strip_prefix, keep, drop, rules: the name options, as `surgery convert` and
-            `rename` apply them (`--key`, `--strip-prefix`, `--keep`, `--drop`, `--map`).
-        where: what errors name as the checkpoint (default its path, or "checkpoint" for a tree).
-
-    Returns:
-        A Report whose facts give the tensors loaded, the source and the provenance steps.
-
-    Raises:
-        OperationError: one line with the counts and the first missing, unexpected and
-            mismatched names (both shapes), and the fix.
-
-    Example:
-        >>> load_into(model, "ddp.pt", strip_prefix="module.")  # doctest: +SKIP
-    """
-    from .io import load
-    from .ops.names import apply_names
-    from .provenance import history
-    from .torch import to_state_dict
-    from .tree import KERAS, Tree
-
-    where = where or ("checkpoint" if isinstance(tree_or_path, Tree) else str(tree_or_path))
-    tree = tree_or_path if isinstance(tree_or_path, Tree) else load(tree_or_path, key=key)
-    report = Report("load-into")
-    if tree.convention is KERAS:
-        from .ops.layout import convert_layout
-
-        tree, layout_report = convert_layout(tree, "torch")
-        report.notes.append(f"moved {len(layout_report.names('transposed'))} tensors from Keras to torch layout")
-    tree, name_reports = apply_names(tree, strip=strip_prefix, keep=keep, drop=drop, rules=rules)
-    report.changes.extend(c for r in name_reports for c in r.changes)
-    _check_fit(module, tree, where)
-    module.load_state_dict(to_state_dict(tree), strict=True)
-    report.facts.update(loaded=len(tree), source=where, history=history(tree))
-    return report
-
-
-def _check_fit(module, tree, where: str) -> None:
-    expected = {name: tuple(t.shape) for name, t in module.state_dict().items()}
-    missing = [n for n in expected if n not in tree]
-    unexpected = [n for n in tree if n not in expected]
-    mismatched = [n for n in expected if n in tree and tuple(tree[n].shape) != expected[n]]
-    if not (missing or unexpected or mismatched):
-        return
-    parts = [f"{len(missing)} missing", f"{len(unexpected)} unexpected", f"{len(mismatched)} mismatched"]
-    shown = []
-    if missing:
-        shown.append("missing " + _names(missing))
-    if unexpected:
-        shown.append("unexpected " + _names(unexpected))
-    if mismatched:
-        shown.append("mismatched " + ", ".join(f"{n} {list(tree[n].shape)} in the file, {list(expected[n])} in the module" for n in mismatched[:_LISTED]) + (" ..." if len(mismatched) > _LISTED else ""))
-    raise OperationError(
-        f"the weights do not fit the module: {', '.join(parts)} of {len(expected)} ({'; '.join(shown)})",
-        where,
-        "rename with --map REGEX=REPL or --strip-prefix PREFIX, or copy what fits with `surgery transplant`",
-    )
-
-
-def _names(names: list[str]) -> str:
-    return ", ".join(names[:_LISTED]) + (" ..." if len(names) > _LISTED else "")
 
 
 # -- example inputs ---------------------------------------------------------------------
@@ -307,7 +152,7 @@ def export_onnx(
     if exporter not in EXPORTERS:
         raise OperationError(f"unknown exporter {exporter!r}", "exporter", f"use one of: {', '.join(EXPORTERS)}")
     check_destination(path, (), force=force)
-    inputs = example_inputs if isinstance(example_inputs, tuple) else tuple(example_inputs) if isinstance(example_inputs, list) else (example_inputs,)
+    inputs = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
     report = Report("export-onnx", facts={"exporter": exporter, "path": str(path), "atol": atol, "rtol": rtol, "dynamic_batch": dynamic_batch})
     training = module.training
     module.eval()
@@ -324,7 +169,7 @@ def export_onnx(
             _run_exporter(module, inputs, staged, exporter, opset, names_in, names_out, axes, external, verbose)
             report.facts["export_seconds"] = round(time.perf_counter() - seconds, 3)
             _check_model(staged)
-            report.facts.update(_describe(staged))
+            report.facts.update(checker="passed", **_describe(staged))
             if verify:
                 seconds = time.perf_counter()
                 cases = [(inputs, reference)] + ([_second_batch(module, inputs, axes, names_in)] if dynamic_batch else [])
@@ -354,7 +199,7 @@ def reference_outputs(module, inputs: tuple):
             outputs = module(*inputs)
     except Exception as e:  # the user's forward: its message is the reason
         shapes = ", ".join(f"{list(t.shape)} {str(t.dtype).removeprefix('torch.')}" for t in inputs if isinstance(t, torch.Tensor))
-        raise OperationError(f"the module rejects the example input {shapes}: {_first_line(e)}", "--input-shape", "give the shape (and dtype) its forward expects") from e
+        raise OperationError(f"the module rejects the example input {shapes}: {first_line(e)}", "--input-shape", "give the shape (and dtype) its forward expects") from e
     for value in _flat_outputs(outputs):
         if not isinstance(value, torch.Tensor):
             raise OperationError(f"forward returns a {type(value).__name__} among its outputs", "forward", "return tensors (or tuples, lists or dicts of tensors) only")
@@ -481,12 +326,7 @@ def _exporter_noise(verbose: bool) -> Iterator[None]:
 def _innermost_reason(error: BaseException) -> str:
     while error.__cause__ is not None:
         error = error.__cause__
-    return f"{type(error).__name__}: {_first_line(error)}"[:_REASON_CHARS]
-
-
-def _first_line(error: BaseException) -> str:
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+    return f"{type(error).__name__}: {first_line(error)}"[:_REASON_CHARS]
 
 
 def _check_model(staged: Path) -> None:
@@ -495,7 +335,7 @@ def _check_model(staged: Path) -> None:
     try:
         onnx.checker.check_model(str(staged), full_check=True)
     except Exception as e:  # ValidationError, InferenceError
-        raise OperationError(f"the exported model fails onnx.checker: {_first_line(e)}", "torch.onnx.export", "try the other exporter or another --opset") from e
+        raise OperationError(f"the exported model fails onnx.checker: {first_line(e)}", "torch.onnx.export", "try the other exporter or another --opset") from e
 
 
 def _describe(staged: Path) -> dict[str, Any]:
@@ -570,7 +410,7 @@ def _session(staged: Path):
         with _exporter_noise(False):
             return onnxruntime.InferenceSession(str(staged), options, providers=["CPUExecutionProvider"])
     except Exception as e:
-        raise OperationError(f"onnxruntime cannot load the exported model: {_first_line(e)}", "onnxruntime", "try the other exporter or another --opset") from e
+        raise OperationError(f"onnxruntime cannot load the exported model: {first_line(e)}", "onnxruntime", "try the other exporter or another --opset") from e
 
 
 def _run_onnxruntime(session, feeds: dict) -> list:
@@ -578,7 +418,7 @@ def _run_onnxruntime(session, feeds: dict) -> list:
         return session.run(None, feeds)
     except Exception as e:
         shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in feeds.items())
-        raise OperationError(f"onnxruntime fails on {shapes}: {_first_line(e)}", "onnxruntime", "the exported graph may have fixed a dynamic size; try the other exporter, or --static") from e
+        raise OperationError(f"onnxruntime fails on {shapes}: {first_line(e)}", "onnxruntime", "the exported graph may have fixed a dynamic size; try the other exporter, or --static") from e
 
 
 def _compare(name: str, batch: int | None, mine, theirs, atol: float, rtol: float) -> dict[str, Any]:
@@ -601,8 +441,10 @@ def _export_step(module, exporter: str, report: Report, provenance: Mapping[str,
     """The export's provenance arguments: the module, what the caller adds (spec, checkpoint), the exporter."""
     import torch
 
+    from .torch_loading import USER_FILE
+
     kind = type(module)
-    where = "" if kind.__module__.startswith(_USER_FILE) else f"{kind.__module__}."  # a file's module name means nothing
+    where = "" if kind.__module__.startswith(USER_FILE) else f"{kind.__module__}."  # a file's module name means nothing
     step: dict[str, Any] = {"module": where + kind.__qualname__}
     step.update({k: v for k, v in (provenance or {}).items() if v is not None})
     step.update(exporter=exporter, opset=report.facts.get("opset"), torch=torch.__version__)

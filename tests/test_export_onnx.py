@@ -296,7 +296,7 @@ def test_a_model_that_does_not_import(pnet_files, out_dir):
 def test_a_model_file_that_names_no_callable(pnet_files, out_dir):
     line = _refused(out_dir, pnet_files / "zip.pt", "--model", f"{MODELS}:PNot", "--input-shape", "1,3,24,24")
     assert line == (f"error: '{MODELS}' has no attribute 'PNot' (--model {MODELS}:PNot); modules defined there: "
-                    "PNet, TwoInTwoOut, ConvClassifier, KerasTwin, DataDependent, Spectrum")
+                    "PNet, TwoInTwoOut, ConvClassifier, KerasTwin, FerStem, DataDependent, Spectrum")
 
 
 def test_a_callable_that_returns_no_module(pnet_files, out_dir):

@@ -184,14 +184,9 @@ def export_onnx(checkpoint: Path, output: Path, force: bool, dry_run: bool, mode
     from ..atomic import check_destination
     from ..errors import OperationError
     from ..io import load
-    from ..torch_export import (
-        ToleranceError,
-        build_module,
-        load_into,
-        random_inputs,
-        reference_outputs,
-    )
+    from ..torch_export import ToleranceError, random_inputs, reference_outputs
     from ..torch_export import export_onnx as export
+    from ..torch_loading import build_module, load_into
 
     shapes, dtypes, names_in = _inputs(input_shape, input_specs, input_names)
     tree = load(checkpoint, key=key)
