@@ -20,6 +20,7 @@ import io
 import json
 import logging
 import os
+import re
 import sys
 import tempfile
 import time
@@ -163,6 +164,7 @@ def export_onnx(
         _check_names(names_in, len(inputs), names_out, len(_flat_outputs(reference)))
         axes = _dynamic_axes(inputs, names_in, _flat_outputs(reference), names_out, dynamic_batch, dynamic_axes)
         external = _wants_external(module, external_data)
+        cases = [(inputs, reference)] + ([_second_batch(module, inputs, axes, names_in)] if verify and dynamic_batch else [])
         with tempfile.TemporaryDirectory(prefix="surgery-export-") as folder:
             staged = Path(folder) / path.name
             seconds = time.perf_counter()
@@ -172,7 +174,6 @@ def export_onnx(
             report.facts.update(checker="passed", **_describe(staged))
             if verify:
                 seconds = time.perf_counter()
-                cases = [(inputs, reference)] + ([_second_batch(module, inputs, axes, names_in)] if dynamic_batch else [])
                 report.facts["verify"] = _verify(staged, cases, names_in, names_out, atol, rtol, report)
                 report.facts["verify_seconds"] = round(time.perf_counter() - seconds, 3)
             step = _export_step(module, exporter, report, provenance)
@@ -370,7 +371,11 @@ def _second_batch(module, inputs, axes, names_in) -> tuple[tuple, Any]:
         else:
             second.append(tensor[torch.arange(size) % tensor.shape[0]])
     second = tuple(second)
-    return second, reference_outputs(module, second)
+    try:
+        return second, reference_outputs(module, second)
+    except OperationError as e:  # the module itself takes one batch size only
+        reason = e.what.partition(": ")[2]
+        raise OperationError(f"the module rejects batch {size} (the batch axis is dynamic): {reason}", "--static", "export with --static for its one batch size, or make forward batch-agnostic") from e
 
 
 def _verify(staged: Path, cases, names_in, names_out, atol: float, rtol: float, report: Report) -> list[dict[str, Any]]:
@@ -414,11 +419,21 @@ def _session(staged: Path):
 
 
 def _run_onnxruntime(session, feeds: dict) -> list:
+    import onnxruntime
+
+    quiet = onnxruntime.RunOptions()
+    quiet.log_severity_level = 4  # its failure comes back as the exception below; do not print it too
     try:
-        return session.run(None, feeds)
+        return session.run(None, feeds, quiet)
     except Exception as e:
         shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in feeds.items())
-        raise OperationError(f"onnxruntime fails on {shapes}: {first_line(e)}", "onnxruntime", "the exported graph may have fixed a dynamic size; try the other exporter, or --static") from e
+        raise OperationError(f"onnxruntime fails on {shapes}: {_ort_reason(e)}", "onnxruntime", "the exported graph may have fixed a dynamic size; try the other exporter, or --static") from e
+
+
+def _ort_reason(error: BaseException) -> str:
+    """onnxruntime's message without its status prefix and the C++ source location."""
+    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", first_line(error))
+    return re.sub(r"/onnxruntime_src/\S+:\d+ \S+?\(.*?\) ", "", text)[:_REASON_CHARS]
 
 
 def _compare(name: str, batch: int | None, mine, theirs, atol: float, rtol: float) -> dict[str, Any]:

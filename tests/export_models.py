@@ -7,7 +7,8 @@
   reshaped to (N, boxes, num_classes), and `anchors x 4` box channels.
 * `KerasTwin`: the torch twin of a small Keras Conv/BatchNorm/Flatten/Dense model; `FerStem`, of the
   first block of fer's real Keras 2.0.5 model.
-* Modules that fail on purpose: a callable that returns no module, one that the dynamo exporter
+* Modules that fail on purpose: a callable that returns no module, one whose traced graph keeps a
+  fixed batch size, one that the dynamo exporter
   cannot trace (data-dependent control flow), and one that the TorchScript exporter cannot translate
   (an FFT).
 """
@@ -102,6 +103,17 @@ class FerStem(nn.Module):
 
     def forward(self, face: torch.Tensor) -> torch.Tensor:
         return torch.relu(self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(face))))))
+
+
+class BakedBatch(nn.Module):
+    """`int(x.shape[0])`: tracing (TorchScript) bakes the example's batch size into a Reshape; dynamo keeps it symbolic."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x).reshape(int(x.shape[0]), 2, 3)
 
 
 def not_a_module() -> list[int]:

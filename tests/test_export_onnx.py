@@ -296,7 +296,7 @@ def test_a_model_that_does_not_import(pnet_files, out_dir):
 def test_a_model_file_that_names_no_callable(pnet_files, out_dir):
     line = _refused(out_dir, pnet_files / "zip.pt", "--model", f"{MODELS}:PNot", "--input-shape", "1,3,24,24")
     assert line == (f"error: '{MODELS}' has no attribute 'PNot' (--model {MODELS}:PNot); modules defined there: "
-                    "PNet, TwoInTwoOut, ConvClassifier, KerasTwin, FerStem, DataDependent, Spectrum")
+                    "PNet, TwoInTwoOut, ConvClassifier, KerasTwin, FerStem, BakedBatch, DataDependent, Spectrum")
 
 
 def test_a_callable_that_returns_no_module(pnet_files, out_dir):
@@ -329,6 +329,15 @@ def test_an_input_shape_the_module_rejects(pnet_files, out_dir):
     assert line.startswith("error: the module rejects the example input [1, 1, 24, 24] float32: Given groups=1, weight of size [10, 3, 3, 3], "
                            "expected input[1, 1, 24, 24] to have 3 channels")
     assert line.endswith("(--input-shape); give the shape (and dtype) its forward expects")
+
+
+def test_a_graph_that_fixed_the_batch_size_is_caught_at_batch_3(tmp_path, out_dir):
+    from export_models import BakedBatch
+
+    torch.save(BakedBatch().state_dict(), tmp_path / "b.pt")
+    line = _refused(out_dir, tmp_path / "b.pt", "--model", f"{MODELS}:BakedBatch", "--input-shape", "2,4", "--exporter", "torchscript")
+    assert line.startswith("error: onnxruntime fails on x [3, 4]: Non-zero status code returned while running Reshape node.")
+    assert line.endswith("(onnxruntime); the exported graph may have fixed a dynamic size; try the other exporter, or --static")
 
 
 def test_torchscript_exporter_failure(tmp_path, out_dir):
