@@ -23,7 +23,7 @@ from .common import (
     quiet_option,
 )
 
-_DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool")
+_DTYPES = ("float32", "float16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool")
 
 
 # -- option types -------------------------------------------------------------------
