@@ -87,6 +87,8 @@ def _parse(path: Path) -> Any:
     try:
         model = onnx.load_model(str(path), load_external_data=False)
     except (DecodeError, RuntimeError, ValueError) as e:
+        if "depth" in str(e).lower() or "recursion" in str(e).lower():
+            raise CorruptFileError("the ONNX protobuf nests messages deeper than protobuf allows", str(path), _FIX) from None
         raise CorruptFileError(f"cannot parse the ONNX protobuf ({_short(e)})", str(path), _FIX) from None
     if not model.HasField("graph"):
         raise CorruptFileError("the model has no graph", str(path), _FIX)

@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["OnnxGraph", "iter_graphs", "constant_value", "MAX_DEPTH"]
 
-MAX_DEPTH = 32  # graphs nested in node attributes (If, Loop, Scan); real models nest a few levels
+MAX_DEPTH = 16  # graphs nested in node attributes (If, Loop, Scan); real models nest a few levels
 _GRAPH, _GRAPHS, _TENSOR = 5, 10, 4  # AttributeProto.AttributeType
 
 
