@@ -146,7 +146,10 @@ def load_into(
     tree, name_reports = apply_names(tree, strip=strip_prefix, keep=keep, drop=drop, rules=rules)
     report.changes.extend(c for r in name_reports for c in r.changes)
     _check_fit(module, tree, where)
-    module.load_state_dict(to_state_dict(tree), strict=True)
+    try:
+        module.load_state_dict(to_state_dict(tree), strict=True)
+    except RuntimeError as e:  # a module's own _load_from_state_dict may refuse what fits by shape
+        raise OperationError(f"load_state_dict refuses the weights: {first_line(e)}", where, "check the checkpoint was saved from this architecture") from e
     report.facts.update(loaded=len(tree), source=where, history=history(tree))
     return report
 

@@ -190,7 +190,7 @@ def export_onnx(checkpoint: Path, output: Path, force: bool, dry_run: bool, mode
 
     shapes, dtypes, names_in = _inputs(input_shape, input_specs, input_names)
     tree = load(checkpoint, key=key)
-    check_destination(output, tree.source_paths(), force=force)  # before anything slow
+    check_destination(output, {checkpoint, *tree.source_paths()}, force=force)  # before anything slow
     if layout == "keras":
         raise OperationError("export-onnx needs the weights in torch layout", "--layout keras", "drop --layout, or give --layout torch")
     # As in `convert`: --strip-prefix, --keep and --drop, then the layout; --map then sees torch names.
@@ -223,7 +223,7 @@ def export_onnx(checkpoint: Path, output: Path, force: bool, dry_run: bool, mode
         if not quiet and not as_json:
             _print_differences(e.report.facts)
         raise
-    document.update({k: v for k, v in report.facts.items()})
+    document.update(report.facts)
     _finish(document, as_json, quiet)
 
 
@@ -249,6 +249,10 @@ def _finish(document: dict, as_json: bool, quiet: bool) -> None:
 
 
 def _print_export(document: dict) -> None:
+    if document["layout"] is not None:
+        changes = [c["kind"] for c in document["layout"]["changes"]]
+        facts = document["layout"]["facts"]
+        click.echo(f"layout {facts['from']} -> {facts['to']}: {changes.count('transposed')} transposed, {changes.count('renamed')} renamed, {changes.count('added')} added")
     renamed, dropped = len(document["renamed"]), len(document["dropped"])
     click.echo(f"loaded {document['tensors']} tensors into {document['model']} (strict)"
                + (f", {renamed} renamed" if renamed else "") + (f", {dropped} left out" if dropped else ""))
