@@ -317,6 +317,9 @@ def _exporter_noise(verbose: bool) -> Iterator[None]:
                 warnings.simplefilter("ignore")
                 yield
         finally:
+            for stream in (sys.__stdout__, sys.__stderr__):  # what they buffered belongs to the sink
+                if stream is not None:
+                    stream.flush()
             logging.disable(disabled)
             os.dup2(saved[0], 1)
             os.dup2(saved[1], 2)
