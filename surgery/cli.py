@@ -56,7 +56,8 @@ def main() -> None:
 
     \b
     Formats: safetensors (single or sharded), npz, Keras HDF5 (.h5, .weights.h5),
-    PyTorch checkpoints (.pt, .pth, .bin; zip and legacy; no code runs).
+    PyTorch checkpoints (.pt, .pth, .bin; zip and legacy; no code runs),
+    ONNX models (.onnx, inline or external data).
     Start with:  surgery inspect MODEL
     """
 

@@ -151,6 +151,17 @@ def test_convert_exports_the_weights_to_other_checkpoints(exported, tmp_path, ta
 
 
 @pytest.mark.interop
+def test_convert_exports_keras_weights_with_layout(exported, tmp_path):
+    out = tmp_path / "w.h5"
+    # TorchScript's anonymous PReLU weight belongs to no named module: the layout converter needs it dropped
+    result = run("convert", exported["script"], "-o", out, "--layout", "keras", "--drop", "onnx::*", "--quiet")
+    assert result.exit_code == 0, result.stderr
+    back, reference = surgery.load(out), arrays(exported["script"])
+    assert np.array_equal(back["conv/kernel"].read(), reference["conv.weight"].transpose(2, 3, 1, 0))
+    assert np.array_equal(back["fc/kernel"].read(), reference["fc.weight"].T)
+
+
+@pytest.mark.interop
 def test_convert_moves_tensors_to_external_data_and_back(exported, tmp_path):
     src = exported["script"]
     ext, inline = tmp_path / "ext.onnx", tmp_path / "inline.onnx"
@@ -382,3 +393,23 @@ def test_outputs_never_overwrite_the_input_model_or_its_data(exported, tmp_path)
         assert error_line(run("convert", src, "-o", target, "--to", "onnx", "--force")) == (
             f"error: the output would overwrite an input ({target}); choose a different output path; inputs are never modified"
         )
+
+
+@pytest.mark.interop
+def test_readme_onnx_block_runs(exported, tmp_path, monkeypatch):
+    import shlex
+
+    from conftest import REPO
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"### ONNX\n\n```sh\n(.*?)```", readme, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "model.onnx").write_bytes(exported["script"].read_bytes())
+    for line in block.strip().splitlines():
+        args = shlex.split(line.split("#")[0])[1:]
+        if args[0] == "transplant":  # the fine-tuned weights: the model's own, exported by the line before
+            (tmp_path / "finetuned.safetensors").write_bytes((tmp_path / "weights.safetensors").read_bytes())
+        result = run(*args)
+        assert result.exit_code == 0, (line, result.stderr)
+    check(tmp_path / "whole.onnx")
+    assert np.array_equal(run_ort(tmp_path / "whole.onnx", {"x": INPUT})[0], run_ort(exported["script"], {"x": INPUT})[0])

@@ -32,6 +32,7 @@ def inspect(path: Path, filters: tuple[str, ...], as_json: bool, key: str | None
       surgery inspect model.safetensors.index.json --filter '*.bias'
       surgery inspect model.npz --json | jq '.total_bytes'
       surgery inspect checkpoint.pth --key model_ema
+      surgery inspect model.onnx --json | jq '.onnx.inputs'     (ONNX: opsets, inputs, outputs)
     """
     from ..io import load
 

@@ -100,6 +100,7 @@ def transplant(pretrained: Path, target: Path, output: Path, force: bool, dry_ru
       surgery transplant ddp.pt init.safetensors -o start.safetensors --strip-prefix module.
       surgery transplant old.safetensors init.safetensors -o start.safetensors --map '^encoder\\.=backbone.'
       surgery transplant keras.h5 torch_init.safetensors -o start.safetensors --strict
+      surgery transplant finetuned.safetensors model.onnx -o finetuned.onnx   (into an ONNX graph)
     """
     from ..atomic import check_destination
     from ..io import check_output, load

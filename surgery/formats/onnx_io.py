@@ -26,7 +26,7 @@ from ..errors import CorruptFileError, FormatError
 from ..graph import GRAPH
 from ..tree import TORCH, Entry, Tree
 from . import onnx_tensors
-from .onnx_model import OnnxGraph, constant_value, iter_graphs
+from .onnx_model import OnnxGraph, constant_value, iter_graphs, proto_module
 from .onnx_writer import check_writable, save, save_atomically, with_write_options
 
 __all__ = ["NAME", "SUFFIXES", "sniff", "load", "save", "save_atomically", "check_writable", "describe", "with_write_options"]
@@ -38,14 +38,6 @@ _FIX = "the file is corrupt or not an ONNX model; export it again"
 
 # ModelProto fields (number, wire type) that may follow ir_version at the start of a file.
 _MODEL_FIELDS = {(2, 2), (3, 2), (4, 2), (5, 0), (6, 2), (7, 2), (8, 2), (14, 2), (20, 2), (25, 2)}
-
-
-def _onnx():
-    try:
-        import onnx
-    except ImportError:  # pragma: no cover - the onnx extra is missing
-        raise FormatError("reading ONNX needs the onnx package", "onnx", "pip install 'surgery[onnx]'") from None
-    return onnx
 
 
 # -- detection ----------------------------------------------------------------------
@@ -81,11 +73,12 @@ def load(path: Path) -> Tree:
 
 
 def _parse(path: Path) -> Any:
-    onnx = _onnx()
+    """What onnx.load(path, load_external_data=False) does: read the bytes, parse the ModelProto."""
+    model = proto_module().ModelProto()
     from google.protobuf.message import DecodeError
 
     try:
-        model = onnx.load_model(str(path), load_external_data=False)
+        model.ParseFromString(path.read_bytes())
     except (DecodeError, RuntimeError, ValueError) as e:
         if "depth" in str(e).lower() or "recursion" in str(e).lower():
             raise CorruptFileError("the ONNX protobuf nests messages deeper than protobuf allows", str(path), _FIX) from None

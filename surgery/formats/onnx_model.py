@@ -13,6 +13,8 @@ so this module (and a tree that carries a graph) imports nothing heavy.
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +27,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..report import Report
     from ..tree import Tree
 
-__all__ = ["OnnxGraph", "iter_graphs", "constant_value", "MAX_DEPTH"]
+__all__ = ["OnnxGraph", "iter_graphs", "constant_value", "proto_module", "MAX_DEPTH"]
 
 MAX_DEPTH = 16  # graphs nested in node attributes (If, Loop, Scan); real models nest a few levels
 _GRAPH, _GRAPHS, _TENSOR = 5, 10, 4  # AttributeProto.AttributeType
@@ -74,6 +76,40 @@ def _surgery(name: str):
             "convert the model's weights to safetensors and edit those",
         )
     return function
+
+
+# -- the protobuf classes -------------------------------------------------------------
+
+
+def proto_module():
+    """onnx's generated protobuf module (ModelProto, TensorProto, ...), without `import onnx`.
+
+    `import onnx` costs about a second of CPU (it loads its C++ checker and ml_dtypes), which
+    would be most of an `inspect`. Its generated `onnx_ml_pb2` needs only protobuf, so it is
+    loaded on its own from onnx's installed files: the classes are the very ones onnx uses
+    (protobuf keeps one class per message type), so `onnx.ModelProto` accepts them later.
+    """
+    if "onnx" in sys.modules:
+        import onnx.onnx_ml_pb2
+
+        return onnx.onnx_ml_pb2
+    loaded = sys.modules.get(_PROTO_MODULE)
+    if loaded is not None:
+        return loaded
+    spec = importlib.util.find_spec("onnx")
+    if spec is None or not spec.submodule_search_locations:
+        from ..errors import FormatError
+
+        raise FormatError("ONNX files need the onnx package", "onnx", "pip install 'surgery[onnx]'")
+    location = Path(next(iter(spec.submodule_search_locations))) / "onnx_ml_pb2.py"
+    module_spec = importlib.util.spec_from_file_location(_PROTO_MODULE, location)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    sys.modules[_PROTO_MODULE] = module
+    return module
+
+
+_PROTO_MODULE = "surgery._onnx_ml_pb2"
 
 
 # -- walking a model's graphs (plain protobuf access: no onnx import needed) ----------------

@@ -92,6 +92,16 @@ def onnx_code(dtype: str, tensor: str) -> int:
         ) from None
 
 
+# The typed field that holds each dtype when raw_data is not used (onnx.proto's comments;
+# onnx.helper.tensor_dtype_to_field gives the same, but needs `import onnx`).
+_TYPED_FIELD = {
+    **dict.fromkeys(("float32", "complex64"), "float_data"),
+    **dict.fromkeys(("int64",), "int64_data"),
+    **dict.fromkeys(("float64",), "double_data"),
+    **dict.fromkeys(("uint32", "uint64"), "uint64_data"),
+}
+_TYPED_FIELD.update({name: "int32_data" for name in DTYPE_TO_ONNX if name not in _TYPED_FIELD})
+
 # -- data sources -------------------------------------------------------------------
 
 
@@ -166,10 +176,7 @@ def entry_of(tensor: Any, name: str, kind: str, model: Path) -> Entry:
 
 
 def _typed_source(tensor: Any, name: str, dtype: str, shape: tuple[int, ...], model: Path) -> InlineTyped:
-    import onnx
-    from onnx import helper
-
-    field = helper.tensor_dtype_to_field(tensor.data_type)
+    field = _TYPED_FIELD[dtype]
     count = len(getattr(tensor, field))
     expected = math.prod(shape) * (2 if dtype == "complex64" else 1)
     if count != expected:
@@ -178,7 +185,7 @@ def _typed_source(tensor: Any, name: str, dtype: str, shape: tuple[int, ...], mo
             str(model),
             _FIX,
         )
-    proto = onnx.TensorProto()
+    proto = type(tensor)()
     proto.CopyFrom(tensor)
     proto.ClearField("external_data")
     return InlineTyped(proto, model)

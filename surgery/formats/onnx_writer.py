@@ -36,7 +36,7 @@ from ..errors import OutputError
 from ..graph import GRAPH
 from ..tree import Entry, Tree, same_file
 from . import onnx_tensors
-from .onnx_model import OnnxGraph, constant_value, iter_graphs
+from .onnx_model import OnnxGraph, constant_value, iter_graphs, proto_module
 
 __all__ = ["WRITE_OPTIONS", "DEFAULT_THRESHOLD", "with_write_options", "check_writable", "save", "save_atomically"]
 
@@ -73,9 +73,7 @@ def check_writable(tree: Tree) -> None:
 
 def _plan(tree: Tree) -> _Plan:
     graph = _graph(tree)
-    import onnx
-
-    model = onnx.ModelProto()
+    model = type(graph.model)()
     model.CopyFrom(graph.model)
     where = str(graph.source or "onnx")
     used = _used_names(model, where)
@@ -296,9 +294,8 @@ def _our_data_files(path: Path) -> list[Path]:
     if not path.is_file() or path.is_symlink():
         return []
     try:
-        import onnx
-
-        model = onnx.load_model(str(path), load_external_data=False)
+        model = proto_module().ModelProto()
+        model.ParseFromString(path.read_bytes())
     except Exception:  # not a model we can read: then it points at nothing of ours
         return []
     ours = re.compile(re.escape(path.name) + r"\.[0-9a-f]{12}\.data")
