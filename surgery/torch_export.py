@@ -117,8 +117,9 @@ def export_onnx(
         opset: the ONNX opset; default the exporter's.
         verify: run onnxruntime and compare every output with the module's.
         atol, rtol: the comparison passes where |onnx - torch| <= atol + rtol * |torch|.
-        external_data: weights in a data file `<name>.data` beside the model; by default
-            only when they would not fit in one protobuf (2 GB).
+        external_data: weights in a data file beside the model (`<name>.<id>.data`, written
+            with it as one atomic unit); by default only when they would not fit in one
+            protobuf (2 GB).
         input_names, output_names: default the forward signature's argument names, and the
             module's `output_names` attribute, a returned dict's keys or namedtuple's fields,
             else `output` / `output_0, output_1, ...`.

@@ -143,7 +143,7 @@ class NamesType(click.ParamType):
 @click.option("--output-names", type=NamesType(), help="Names of the graph outputs, comma-separated (default: the module's output_names attribute, else output, or output_0, output_1, ...).")
 @click.option("--exporter", type=click.Choice(["dynamo", "torchscript"]), help="torch.onnx.export's exporter (default: torch's own default, dynamo in torch 2.9 and later).")
 @click.option("--opset", type=click.IntRange(min=7), help="ONNX opset version (default: the exporter's).")
-@click.option("--external-data", is_flag=True, help="Write the weights to OUTPUT.data beside the model (automatic past protobuf's 2 GB limit).")
+@click.option("--external-data", is_flag=True, help="Write the weights to a data file beside the model, OUTPUT.<id>.data, written with it as one atomic unit (automatic past protobuf's 2 GB limit).")
 @click.option("--no-verify", is_flag=True, help="Skip the onnxruntime comparison (the checker still runs).")
 @click.option("--atol", type=click.FloatRange(min=0), default=1e-5, show_default=True, help="Absolute tolerance of the comparison.")
 @click.option("--rtol", type=click.FloatRange(min=0), default=1e-4, show_default=True, help="Relative tolerance: passes where |onnx - torch| <= atol + rtol * |torch|.")
