@@ -410,3 +410,18 @@ def test_library_export_from_another_project(tmp_path, monkeypatch, capfd):
     assert model.training  # put back as it was
     assert [r["batch"] for r in report.facts["verify"]] == [2, 3] and max(r["max_abs_diff"] for r in report.facts["verify"]) < 1e-5
     assert_proven(tmp_path / "tiny.onnx", model, lambda b: {"input": images(b, (3, 8, 8))})
+
+
+def test_model_args_are_python_literals_or_bare_strings():
+    from surgery.commands.export import ModelArgType
+
+    convert = ModelArgType().convert
+    assert [convert(v, None, None) for v in ("num_classes=9", "scale=0.5", "pretrained=False", "sizes=(3, 3)", "backbone=resnet50", "name='x=y'", "empty=")] == [
+        ("num_classes", 9), ("scale", 0.5), ("pretrained", False), ("sizes", (3, 3)), ("backbone", "resnet50"), ("name", "x=y"), ("empty", ""),
+    ]
+
+
+def test_a_callable_that_fails_with_these_arguments(pnet_files, out_dir):
+    line = _refused(out_dir, pnet_files / "zip.pt", "--model", PNET, "--model-arg", "width=2", "--input-shape", "1,3,24,24")
+    assert line == (f"error: PNet(width=2) failed: PNet.__init__() got an unexpected keyword argument 'width' (--model {PNET}); "
+                    "check --model-arg names and values against the callable's signature")
