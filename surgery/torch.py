@@ -1,4 +1,4 @@
-"""Helpers for PyTorch users: state dicts to and from trees, and freeze maps on modules.
+"""Helpers for PyTorch users: state dicts to and from trees, strict loading and proven ONNX export, freeze maps.
 
 torch is imported inside each function, so `import surgery` never needs it.
 """
