@@ -80,29 +80,19 @@ def pnet_files(pnet, tmp_path_factory):
     return folder
 
 
-EXPORTS = {}
-
-
-def _export(pnet_files, kind: str, exporter: str):
-    key = (kind, exporter)
-    if key not in EXPORTS:
-        out = pnet_files / f"{kind}-{exporter}.onnx"
-        before = digest(pnet_files / f"{kind}.pt")
-        result = run("export-onnx", pnet_files / f"{kind}.pt", "-o", out, "--model", PNET, "--input-shape", "1,3,24,24",
-                     "--exporter", exporter, "--output-names", "box,prob", "--json")
-        assert result.exit_code == 0, result.stderr
-        assert digest(pnet_files / f"{kind}.pt") == before
-        EXPORTS[key] = out, json.loads(result.stdout)
-    return EXPORTS[key]
-
-
 @pytest.mark.parametrize(
     ("kind", "exporter"),
     [("legacy", "torchscript"), ("zip", "dynamo"),
      pytest.param("zip", "torchscript", marks=pytest.mark.slow), pytest.param("legacy", "dynamo", marks=pytest.mark.slow)],
 )
 def test_pnet_exports_and_onnxruntime_equals_torch(pnet, pnet_files, kind, exporter):
-    out, document = _export(pnet_files, kind, exporter)
+    out = pnet_files / f"{kind}-{exporter}.onnx"
+    before = digest(pnet_files / f"{kind}.pt")
+    result = run("export-onnx", pnet_files / f"{kind}.pt", "-o", out, "--model", PNET, "--input-shape", "1,3,24,24",
+                 "--exporter", exporter, "--output-names", "box,prob", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert digest(pnet_files / f"{kind}.pt") == before
+    document = json.loads(result.stdout)
     assert_proven(out, pnet, lambda b: {"image": images(b)})
     assert document["exporter"] == exporter
     assert [v["name"] for v in document["inputs"]] == ["image"]
