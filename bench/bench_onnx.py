@@ -5,7 +5,8 @@ Method (also in BENCHMARKS.md):
      weights of 64-256 MiB (seeded) in one data file, each consumed by a ReduceSum node.
   2. Warm the page cache by reading the data file once, so every tool sees the same cache.
   3. Time, `--repeats` times each, in fresh processes (median wall, largest peak RSS):
-       surgery inspect model.onnx
+       surgery inspect model.onnx (and surgery --version, the CLI's own start-up, for scale;
+       both also as CPU time, user + sys, which a busy machine does not inflate)
        cp model.onnx.data copy.data (and cp + sync)  vs  surgery convert model.onnx -o w.safetensors
        cp (as above)                                 vs  surgery transplant w.safetensors model.onnx -o out/out.onnx
      surgery fsyncs what it writes, so cp + sync is the like-for-like baseline.
@@ -102,6 +103,17 @@ def read_graph_times(path: Path, repeats: int = 3) -> dict[str, float]:
     return times
 
 
+def cpu_seconds(argv: list[str], repeats: int) -> float:
+    """Median CPU time (user + sys) of a command: on a shared machine, wall time of a short
+    command is mostly waiting for a core, while its CPU time is what it costs."""
+    runs = []
+    for _ in range(repeats):
+        done = subprocess.run(["/usr/bin/time", "-f", "%U %S", *argv], capture_output=True, text=True, check=True)
+        user, system = map(float, done.stderr.strip().splitlines()[-1].split())
+        runs.append(user + system)
+    return statistics.median(runs)
+
+
 def import_costs() -> dict[str, dict[str, float]]:
     """Wall time and peak RSS of a fresh Python that only imports each library (median of 3)."""
     costs = {}
@@ -143,8 +155,11 @@ def main() -> None:
             "cp": cp,
             "cp_sync": cp_sync,
             "inspect": best_of(args.repeats, surgery_argv("inspect", str(big)), work / "nothing"),
+            "surgery_version": best_of(args.repeats, surgery_argv("--version"), work / "nothing"),
             "convert_to_safetensors": best_of(args.repeats, surgery_argv("convert", str(big), "-o", str(weights), "-q"), weights),
         }
+        results["inspect"]["cpu_s"] = cpu_seconds(surgery_argv("inspect", str(big)), args.repeats)
+        results["surgery_version"]["cpu_s"] = cpu_seconds(surgery_argv("--version"), args.repeats)
         warm(weights)
         transplant = ["sh", "-c", f'mkdir -p "{out_dir}" && exec ' + " ".join(f'"{a}"' for a in surgery_argv("transplant", str(weights), str(big), "-o", str(out_dir / "out.onnx"), "-q"))]
         results["transplant_into_onnx"] = best_of(args.repeats, transplant, out_dir)
@@ -177,8 +192,9 @@ def main() -> None:
         return
     print(f"{total / 1e9:.2f} GB external data; largest tensor {mib(LARGEST)}; RSS budget {mib(budget)}")
     print(f"cp {cp['wall_s']:.2f} s, cp+sync {cp_sync['wall_s']:.2f} s")
-    r = results["inspect"]
-    print(f"inspect                {r['wall_s']:6.2f} s  peak RSS {mib(r['peak_rss_bytes'])}")
+    for step in ("inspect", "surgery_version"):
+        r = results[step]
+        print(f"{step:22} {r['wall_s']:6.2f} s (CPU {r['cpu_s']:.2f} s)  peak RSS {mib(r['peak_rss_bytes'])}")
     for step in ("convert_to_safetensors", "transplant_into_onnx"):
         r = results[step]
         print(
