@@ -1,4 +1,4 @@
-"""Helpers for PyTorch users: state dicts to and from trees, and freeze maps on modules.
+"""Helpers for PyTorch users: state dicts to and from trees, strict loading and proven ONNX export, freeze maps.
 
 torch is imported inside each function, so `import surgery` never needs it.
 """
@@ -141,6 +141,13 @@ def _numpy_of(name, tensor):
     contiguous = tensor.contiguous()
     raw = contiguous.reshape(-1).view(torch.uint8) if contiguous.dim() else contiguous.reshape(1).view(torch.uint8)
     return raw.numpy().view(target).reshape(tuple(tensor.shape))
+
+# -- ONNX export (surgery/torch_export.py, surgery/torch_loading.py) -----------------
+
+__all__ += ["export_onnx", "load_into"]
+
+from .torch_export import export_onnx  # noqa: E402  (each imports torch only when called)
+from .torch_loading import load_into  # noqa: E402
 
 # -- freeze maps --------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""The README's runnable examples run: its Python API block and its Quick start job."""
+"""The README's runnable examples run: its Python API block, its Quick start job and its ONNX export section."""
 
 from __future__ import annotations
 
@@ -49,3 +49,35 @@ def test_classes_by_name_block_runs(tmp_path):
     assert "    17  sheep  19" in outputs["upsample"] and "    18  sofa  new" in outputs["upsample"]
     assert "labels (3, from the checkpoint's recorded labels (surgery.labels)): background, car, bus" in outputs["inspect"]
     assert (tmp_path / "road.txt").read_text(encoding="utf-8").splitlines()[-1] == "truck"
+
+
+@pytest.mark.interop
+def test_onnx_export_section_runs(tmp_path, monkeypatch):
+    """The three commands from a Keras SSD .h5 to a subsampled ONNX detector, as the README gives them."""
+    pytest.importorskip("torch")
+    ort = pytest.importorskip("onnxruntime")
+    import numpy as np
+    import torch
+
+    block = re.search(r"### ONNX export: from a Keras SSD to a subsampled ONNX detector\n\n```sh\n(.*?)```", README, re.S).group(1)
+    commands = [shlex.split(line)[1:] for line in block.strip().splitlines()]
+    assert [c[0] for c in commands] == ["subsample", "export-onnx", "inspect"]
+    monkeypatch.chdir(tmp_path)
+    results = [run(*[str(REPO / a) if a.startswith(("fixtures/", "examples/")) else a for a in args]) for args in commands]
+    for result in results:
+        assert result.exit_code == 0, result.stderr
+    assert "output mbox_conf [batch, 6132, 9] float32" in results[2].stdout
+    # onnxruntime's 9 classes are the original 81-class model's kept classes, in the new order.
+    monkeypatch.syspath_prepend(str(REPO / "examples"))
+    from ssd300_tiny import SSD300Tiny
+
+    import surgery.torch
+
+    original = SSD300Tiny(num_classes=81).eval()
+    surgery.torch.load_into(original, str(REPO / "fixtures" / "ssd300_coco_tiny.h5"))
+    x = np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype("float32")
+    conf, loc = ort.InferenceSession("road.onnx", providers=["CPUExecutionProvider"]).run(None, {"image": x})
+    with torch.no_grad():
+        ref_conf, ref_loc = (t.numpy() for t in original(torch.from_numpy(x)))
+    np.testing.assert_allclose(conf, ref_conf[..., [0, 3, 8, 1, 2, 10, 4, 6, 12]], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(loc, ref_loc, atol=1e-4, rtol=0)
