@@ -24,6 +24,7 @@ h5py is imported only when a Keras file is read or written.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -73,16 +74,93 @@ def sniff(path: Path, head: bytes, size: int) -> bool:
 # -- reading ------------------------------------------------------------------------
 
 
-class H5Dataset(Source):
-    """One HDF5 dataset, read when asked."""
+class Member:
+    """An HDF5 file stored uncompressed inside another file (a `.keras` zip): its byte range."""
 
-    def __init__(self, path: Path, dataset: str) -> None:
-        self.path, self.dataset = Path(path), dataset
+    def __init__(self, offset: int, size: int) -> None:
+        self.offset, self.size = offset, size
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Member) and (self.offset, self.size) == (other.offset, other.size)
+
+    def __hash__(self) -> int:
+        return hash((self.offset, self.size))
+
+
+class _RangeFile(io.RawIOBase):
+    """A read-only file object over bytes [offset, offset + size) of a file: h5py reads a zip
+    member through it without extracting it, and can never read past the member's end."""
+
+    def __init__(self, path: Path, member: Member) -> None:
+        super().__init__()
+        self._fd = os.open(path, os.O_RDONLY)
+        self._start, self._size, self._pos = member.offset, member.size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        wanted = min(len(view), max(0, self._size - self._pos))
+        data = os.pread(self._fd, wanted, self._start + self._pos) if wanted else b""
+        view[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            os.close(self._fd)
+        super().close()
+
+
+class _Opened:
+    """An h5py.File on a path, or on a member's byte range; closes both."""
+
+    def __init__(self, path: Path, member: Member | None) -> None:
+        self._raw = _RangeFile(path, member) if member is not None else None
+        try:
+            self.file = _h5py().File(self._raw if self._raw is not None else path, "r")
+        except BaseException:
+            self.close_raw()
+            raise
+
+    def close(self) -> None:
+        try:
+            self.file.close()
+        finally:
+            self.close_raw()
+
+    def close_raw(self) -> None:
+        if self._raw is not None:
+            self._raw.close()
+
+    def __enter__(self) -> Any:
+        return self.file
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class H5Dataset(Source):
+    """One HDF5 dataset, read when asked (from a file, or from a member of a `.keras` zip)."""
+
+    def __init__(self, path: Path, dataset: str, member: Member | None = None) -> None:
+        self.path, self.dataset, self.member = Path(path), dataset, member
 
     def read_array(self, entry: Entry) -> np.ndarray:
-        h5py = _h5py()
         try:
-            with h5py.File(self.path, "r") as f:
+            with _Opened(self.path, self.member) as f:
                 array = f[self.dataset][()]
         except (OSError, KeyError) as e:
             raise CorruptFileError(f"cannot read dataset {self.dataset!r} ({e})", str(self.path), _FIX) from e
@@ -93,14 +171,15 @@ class H5Dataset(Source):
         return (self.path,)
 
 
-def load(path: Path) -> Tree:
-    h5py = _h5py()
+def load(path: Path, *, member: Member | None = None) -> Tree:
+    """The tree of a Keras HDF5 file; `member`: the file is that byte range of `path` (a zip's member)."""
+    _h5py()
     path = Path(path)
     try:
-        f = h5py.File(path, "r")
+        opened = _Opened(path, member)
     except OSError as e:
         raise CorruptFileError(f"cannot open the HDF5 file ({e})", str(path), _FIX) from e
-    with f:
+    with opened as f:
         metadata = {k: v for k, v in ((k, _attr_string(f.attrs, k)) for k in f.attrs) if v is not None}
         state: dict[str, str] = {}
         if "model_weights" in f:
@@ -113,7 +192,7 @@ def load(path: Path) -> Tree:
             entries = _read_keras2(path, f, state)
             state[LAYOUT] = "weights"
         elif "layers" in f or "vars" in f:
-            entries = _read_keras3(path, f, state)
+            entries = _read_keras3(path, f, state, member)
             state[LAYOUT] = "keras3"
         else:
             raise FormatError(
@@ -158,7 +237,7 @@ def _short_names(layer: str, weight_names: list[str]) -> list[str]:
     return [p[len(layer) + 1 :] if p.startswith(layer + "/") else p for p in plain]
 
 
-def _read_keras3(path: Path, f: Any, state: dict[str, str]) -> list[Entry]:
+def _read_keras3(path: Path, f: Any, state: dict[str, str], member: Member | None = None) -> list[Entry]:
     entries: list[Entry] = []
     skeleton: list[list[Any]] = []
     dropped = 0
@@ -172,7 +251,7 @@ def _read_keras3(path: Path, f: Any, state: dict[str, str]) -> list[Entry]:
                 dropped += _count_datasets(child)
                 continue
             if isinstance(child, _h5py().Dataset):
-                entries.append(_entry(path, child, prefix + key, {"keras.h5_path": child.name}))
+                entries.append(_entry(path, child, prefix + key, {"keras.h5_path": child.name}, member))
             elif key == "vars" or key == "layers":
                 walk(child, prefix)
             else:
@@ -200,7 +279,7 @@ def _ordered_keys(group: Any) -> list[str]:
     return sorted(group.keys(), key=lambda k: [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", k)])
 
 
-def _entry(path: Path, dataset: Any, name: str, attrs: dict[str, object]) -> Entry:
+def _entry(path: Path, dataset: Any, name: str, attrs: dict[str, object], member: Member | None = None) -> Entry:
     try:
         dtype = dtypes.from_numpy(dataset.dtype.newbyteorder("="))
     except Exception as e:
@@ -209,7 +288,7 @@ def _entry(path: Path, dataset: Any, name: str, attrs: dict[str, object]) -> Ent
         ) from e
     options = {k: getattr(dataset, k) for k in _DATASET_OPTIONS if getattr(dataset, k, None) not in (None, False)}
     options["chunked"] = dataset.chunks is not None
-    return Entry(name, dataset.shape, dtype.name, H5Dataset(path, dataset.name), {**attrs, "h5": options})
+    return Entry(name, dataset.shape, dtype.name, H5Dataset(path, dataset.name, member), {**attrs, "h5": options})
 
 
 def _count_datasets(group: Any) -> int:
@@ -265,7 +344,7 @@ def save(tree: Tree, path: Path, *, progress: Progress | None = None) -> None:
     h5py = _h5py()
     check_writable(tree)
     layout = _state(tree).get(LAYOUT, "weights")
-    sources: dict[Path, Any] = {}
+    sources: dict[tuple[Path, Member | None], _Opened] = {}
     try:
         with h5py.File(path, "w", track_order=True) as f:
             if layout == "keras3":
@@ -344,16 +423,17 @@ def _write_keras3(f: Any, tree: Tree, sources: dict, progress: Progress | None) 
 
 
 def _state(tree: Tree) -> dict[str, str]:
-    """Our layout facts, only when the tree was read from a Keras file."""
-    return tree.format_state if tree.format == NAME else {}
+    """Our layout facts, only when the tree was read from a Keras file (HDF5, or the weights of a `.keras` zip)."""
+    return tree.format_state if tree.format in (NAME, "keras") else {}
 
 
 def _write_dataset(group: Any, name: str, e: Entry, sources: dict, progress: Progress | None) -> None:
     source = e.source
     if isinstance(source, H5Dataset):
-        handle = sources.get(source.path)
-        if handle is None:
-            handle = sources[source.path] = _h5py().File(source.path, "r")
+        opened = sources.get((source.path, source.member))
+        if opened is None:
+            opened = sources[(source.path, source.member)] = _Opened(source.path, source.member)
+        handle = opened.file
         original = handle[source.dataset]
         if original.shape == e.shape and dtypes.from_numpy(original.dtype.newbyteorder("=")).name == e.dtype:
             # Unchanged: HDF5 copies the stored chunks as they are (no decode, no re-encode).
