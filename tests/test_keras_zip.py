@@ -137,10 +137,17 @@ def test_only_a_keras_tree_can_be_written_as_keras(tmp_path, fixtures_dir):
 # -- broken zips ----------------------------------------------------------------------------
 
 
-def _expect(tmp_path, path, message: str) -> None:
+def _expect(path, message: str) -> None:
     result = run("inspect", path)
     assert result.exit_code == 1
     assert error_line(result) == message
+
+
+def _rezip(source, target, compression: int = zipfile.ZIP_STORED, weights: bytes | None = None) -> None:
+    """A copy of a .keras zip with another compression, or other bytes for its weights."""
+    with zipfile.ZipFile(source) as src, zipfile.ZipFile(target, "w", compression) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, weights if weights is not None and info.filename == "model.weights.h5" else src.read(info))
 
 
 def test_a_truncated_keras_file_is_one_line(tmp_path, saved):
@@ -148,7 +155,7 @@ def test_a_truncated_keras_file_is_one_line(tmp_path, saved):
     broken = tmp_path / "cut.keras"
     broken.write_bytes(path.read_bytes()[:300])
     _expect(
-        tmp_path, broken,
+        broken,
         f"error: cannot read the .keras zip (BadZipFile: File is not a zip file) ({broken}); "
         "the file is corrupt or not a Keras 3 model; re-save it with model.save('model.keras')",
     )
@@ -160,7 +167,7 @@ def test_a_zip_without_the_weights_is_refused(tmp_path):
         z.writestr("config.json", "{}")
         z.writestr("metadata.json", "{}")
     _expect(
-        tmp_path, path,
+        path,
         f"error: a zip without model.weights.h5, so not a .keras model ({path}); "
         "the file is corrupt or not a Keras 3 model; re-save it with model.save('model.keras')",
     )
@@ -169,11 +176,9 @@ def test_a_zip_without_the_weights_is_refused(tmp_path):
 def test_a_compressed_weights_member_is_refused_not_extracted(tmp_path, saved):
     path, _, _ = saved
     packed = tmp_path / "packed.keras"
-    with zipfile.ZipFile(path) as src, zipfile.ZipFile(packed, "w", zipfile.ZIP_DEFLATED) as dst:
-        for info in src.infolist():
-            dst.writestr(info.filename, src.read(info))
+    _rezip(path, packed, zipfile.ZIP_DEFLATED)
     _expect(
-        tmp_path, packed,
+        packed,
         f"error: model.weights.h5 is compressed or encrypted inside the zip (Keras stores it plainly) ({packed}); "
         "re-save the model with model.save('model.keras'), or unzip it and pass model.weights.h5",
     )
@@ -200,9 +205,7 @@ def test_a_member_claiming_bytes_past_the_end_is_refused(tmp_path, saved):
 def test_an_hdf5_member_that_is_not_hdf5_is_one_line(tmp_path, saved):
     path, _, _ = saved
     bad = tmp_path / "bad.keras"
-    with zipfile.ZipFile(path) as src, zipfile.ZipFile(bad, "w") as dst:
-        for info in src.infolist():
-            dst.writestr(info.filename, b"not hdf5 at all" * 10 if info.filename == "model.weights.h5" else src.read(info))
+    _rezip(path, bad, weights=b"not hdf5 at all" * 10)
     result = run("inspect", bad)
     assert result.exit_code == 1
     assert error_line(result).startswith("error: cannot open the HDF5 file (")
