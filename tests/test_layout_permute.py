@@ -59,6 +59,22 @@ def test_a_permute_in_layer_names_is_refused_by_name_without_a_config():
     assert "fc4: inputs kept in the order Permute 'permute' makes them (--flatten-shape fc4=none)" in report.notes
 
 
+def test_a_prelu_between_the_conv_and_the_flatten_does_not_hide_the_flatten():
+    entries = [
+        Entry.from_array("conv3/kernel", np.zeros((2, 2, 4, 6), "float32")),
+        Entry.from_array("prelu3/alpha", np.zeros((1, 1, 6), "float32")),
+        Entry.from_array("fc4/kernel", np.zeros((24, 5), "float32")),
+    ]
+    tree = Tree(entries, convention=KERAS)
+    with pytest.raises(OperationError) as e:
+        convert_layout(tree, "torch")
+    assert e.value.what == (
+        "Dense layer 'fc4' follows a Flatten (its 24 inputs are a multiple of the 6 channels of conv 'conv3'); "
+        "its inputs must be reordered from NHWC to NCHW"
+    )
+    convert_layout(tree, "torch", flatten_shapes={"fc4": (2, 2, 6)})
+
+
 # -- real Keras 3 and torch ----------------------------------------------------------------
 
 

@@ -123,6 +123,7 @@ KERAS_PARAM_KINDS: tuple[tuple[str, str], ...] = (
     ("moving_mean", "batchnorm"), ("depthwise_kernel", "depthwise"), ("alpha", "prelu"), ("embeddings", "embedding"), ("gamma", "norm"), ("beta", "norm"),
 )
 _KERNELS = ("conv", "transposed", "depthwise")
+_PER_CHANNEL = ("prelu", "batchnorm")  # layers that keep a conv's feature map as it is
 _BN_EPS_NOTE = "BatchNorm eps is not stored in weights: Keras defaults to 1e-3, torch to 1e-5; build the {side} layers with eps={eps}"
 
 
@@ -699,7 +700,8 @@ def _flatten_fed(layers: list[_Layer], config: _KerasConfig, side: str, memory: 
             inputs = kernel.shape[0] if side == "keras" else kernel.shape[1]
             if channels and inputs % channels == 0 and inputs // channels > 1:
                 found[layer.name] = f"its {inputs} inputs are a multiple of the {channels} channels of conv {previous.name!r}"
-        previous = layer if layer.kind in _KERNELS else None
+        if layer.kind not in _PER_CHANNEL:  # a PReLU or BatchNorm after the conv keeps its map
+            previous = layer if layer.kind in _KERNELS else None
     return found
 
 
