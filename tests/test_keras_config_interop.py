@@ -18,8 +18,9 @@ import pytest
 os.environ.setdefault("KERAS_BACKEND", "torch")
 keras = pytest.importorskip("keras")
 
-from helpers import error_line, run  # noqa: E402
-from surgery.ops.classes import channel_map  # noqa: E402
+from helpers import error_line, run
+
+from surgery.ops.classes import channel_map
 
 pytestmark = pytest.mark.interop
 SUFFIXES = [".h5", ".keras"]

@@ -18,9 +18,10 @@ import pytest
 os.environ.setdefault("KERAS_BACKEND", "torch")
 keras = pytest.importorskip("keras")
 
-from helpers import digest, error_line, leftovers, run  # noqa: E402
-from surgery import formats  # noqa: E402
-from surgery.io import load  # noqa: E402
+from helpers import digest, error_line, leftovers, run
+
+from surgery import formats
+from surgery.io import load
 
 pytestmark = pytest.mark.interop
 

@@ -13,8 +13,8 @@ import os
 
 import numpy as np
 import pytest
-
 from helpers import error_line, run
+
 from surgery.errors import OperationError
 from surgery.ops.layout import convert_layout
 from surgery.tree import KERAS, Entry, Tree

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import surgery
 
