@@ -340,7 +340,9 @@ def _attr_string(attrs: Any, name: str) -> str | None:
 # -- writing ------------------------------------------------------------------------
 
 
-def save(tree: Tree, path: Path, *, progress: Progress | None = None) -> None:
+def save(tree: Tree, path: Path, *, progress: Progress | None = None, durable: bool = True) -> None:
+    """Write `tree` to `path`; `durable=False` skips the fsync, for an intermediate file (a
+    `.keras` zip's weights, copied into the zip, which is fsynced instead)."""
     h5py = _h5py()
     check_writable(tree)
     layout = _state(tree).get(LAYOUT, "weights")
@@ -355,8 +357,9 @@ def save(tree: Tree, path: Path, *, progress: Progress | None = None) -> None:
     finally:
         for handle in sources.values():
             handle.close()
-    with open(path, "rb+") as raw:  # h5py has no fsync of its own
-        os.fsync(raw.fileno())
+    if durable:
+        with open(path, "rb+") as raw:  # h5py has no fsync of its own
+            os.fsync(raw.fileno())
 
 
 def check_writable(tree: Tree) -> None:

@@ -138,7 +138,7 @@ def save(tree: Tree, path: Path, *, progress: Progress | None = None) -> None:
     inner = {k: v for k, v in tree.metadata.items() if k != CONFIG_KEY and k not in from_json}
     weights = path.with_name(path.name + ".weights.h5")
     try:
-        keras_h5.save(_rekeyed(tree).derive(metadata=inner), weights, progress=progress)
+        keras_h5.save(_rekeyed(tree).derive(metadata=inner), weights, progress=progress, durable=False)
         with zipfile.ZipFile(path, "w") as z:
             z.writestr(METADATA, json.dumps(_metadata_json(tree, from_json)))
             z.writestr(CONFIG, tree.metadata[CONFIG_KEY])
