@@ -11,6 +11,7 @@ import os
 import shutil
 import struct
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -174,15 +175,28 @@ def test_a_zip_without_the_weights_is_refused(tmp_path):
     )
 
 
-def test_a_compressed_weights_member_is_refused_not_extracted(tmp_path, saved):
-    path, _, _ = saved
+def test_a_compressed_weights_member_is_extracted_to_a_temporary_copy_and_said(tmp_path, saved, capsys):
+    """Keras never compresses model.weights.h5, but a re-zipped file may: it is read from a copy."""
+    import gc
+
+    path, original, x = saved
     packed = tmp_path / "packed.keras"
     _rezip(path, packed, zipfile.ZIP_DEFLATED)
-    _expect(
-        packed,
-        f"error: model.weights.h5 is compressed or encrypted inside the zip (Keras stores it plainly) ({packed}); "
-        "re-save the model with model.save('model.keras'), or unzip it and pass model.weights.h5",
-    )
+    tree = load(packed)
+    note = capsys.readouterr().err
+    assert note.startswith(f"note: model.weights.h5 is compressed inside {packed}, so it was extracted to ")
+    copy = Path(note.split(" extracted to ", 1)[1].split(" (removed when done)")[0])
+    assert copy.exists() and tree.source_paths() == {packed}  # the zip stays the input that must not be overwritten
+    plain = load(path)
+    assert all(tree[n].read().tobytes() == plain[n].read().tobytes() for n in plain)
+    del tree
+    gc.collect()
+    assert not copy.exists()
+    out = tmp_path / "headless.keras"
+    result = run("strip-head", packed, "-o", out, "-q")
+    assert result.exit_code == 0, result.stderr
+    headless = keras.saving.load_model(out)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(headless(x)), features(original, "pool", x))
 
 
 def test_a_member_claiming_bytes_past_the_end_is_refused(tmp_path, saved):

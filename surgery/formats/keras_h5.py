@@ -28,6 +28,7 @@ import io
 import json
 import os
 import re
+import weakref
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -74,27 +75,32 @@ def sniff(path: Path, head: bytes, size: int) -> bool:
 # -- reading ------------------------------------------------------------------------
 
 
-class Member:
-    """An HDF5 file stored uncompressed inside another file (a `.keras` zip): its byte range."""
+class Place:
+    """Where an HDF5 file's bytes are when it is a member of another file (a `.keras` zip): a byte
+    range of that file, read in place, or a temporary copy (`copy`), which is deleted once no
+    entry uses this place any more (or at exit)."""
 
-    def __init__(self, offset: int, size: int) -> None:
-        self.offset, self.size = offset, size
+    def __init__(self, offset: int = 0, size: int = 0, copy: Path | None = None) -> None:
+        self.offset, self.size, self.copy = offset, size, copy
+        if copy is not None:
+            weakref.finalize(self, _unlink, copy)
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Member) and (self.offset, self.size) == (other.offset, other.size)
 
-    def __hash__(self) -> int:
-        return hash((self.offset, self.size))
+def _unlink(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 class _RangeFile(io.RawIOBase):
     """A read-only file object over bytes [offset, offset + size) of a file: h5py reads a zip
     member through it without extracting it, and can never read past the member's end."""
 
-    def __init__(self, path: Path, member: Member) -> None:
+    def __init__(self, path: Path, place: Place) -> None:
         super().__init__()
         self._fd = os.open(path, os.O_RDONLY)
-        self._start, self._size, self._pos = member.offset, member.size, 0
+        self._start, self._size, self._pos = place.offset, place.size, 0
 
     def readable(self) -> bool:
         return True
@@ -125,12 +131,14 @@ class _RangeFile(io.RawIOBase):
 
 
 class _Opened:
-    """An h5py.File on a path, or on a member's byte range; closes both."""
+    """An h5py.File on a path, on a member's byte range, or on its temporary copy; closes both."""
 
-    def __init__(self, path: Path, member: Member | None) -> None:
-        self._raw = _RangeFile(path, member) if member is not None else None
+    def __init__(self, path: Path, place: Place | None) -> None:
+        in_place = place is not None and place.copy is None
+        self._raw = _RangeFile(path, place) if in_place else None
+        target = self._raw if self._raw is not None else (place.copy if place is not None else path)
         try:
-            self.file = _h5py().File(self._raw if self._raw is not None else path, "r")
+            self.file = _h5py().File(target, "r")
         except BaseException:
             self.close_raw()
             raise
@@ -155,12 +163,12 @@ class _Opened:
 class H5Dataset(Source):
     """One HDF5 dataset, read when asked (from a file, or from a member of a `.keras` zip)."""
 
-    def __init__(self, path: Path, dataset: str, member: Member | None = None) -> None:
-        self.path, self.dataset, self.member = Path(path), dataset, member
+    def __init__(self, path: Path, dataset: str, place: Place | None = None) -> None:
+        self.path, self.dataset, self.place = Path(path), dataset, place
 
     def read_array(self, entry: Entry) -> np.ndarray:
         try:
-            with _Opened(self.path, self.member) as f:
+            with _Opened(self.path, self.place) as f:
                 array = f[self.dataset][()]
         except (OSError, KeyError) as e:
             raise CorruptFileError(f"cannot read dataset {self.dataset!r} ({e})", str(self.path), _FIX) from e
@@ -171,12 +179,12 @@ class H5Dataset(Source):
         return (self.path,)
 
 
-def load(path: Path, *, member: Member | None = None) -> Tree:
-    """The tree of a Keras HDF5 file; `member`: the file is that byte range of `path` (a zip's member)."""
+def load(path: Path, *, place: Place | None = None) -> Tree:
+    """The tree of a Keras HDF5 file; with `place`, the HDF5 file is a member of `path` (a zip's)."""
     _h5py()
     path = Path(path)
     try:
-        opened = _Opened(path, member)
+        opened = _Opened(path, place)
     except OSError as e:
         raise CorruptFileError(f"cannot open the HDF5 file ({e})", str(path), _FIX) from e
     with opened as f:
@@ -192,7 +200,7 @@ def load(path: Path, *, member: Member | None = None) -> Tree:
             entries = _read_keras2(path, f, state)
             state[LAYOUT] = "weights"
         elif "layers" in f or "vars" in f:
-            entries = _read_keras3(path, f, state, member)
+            entries = _read_keras3(path, f, state, place)
             state[LAYOUT] = "keras3"
         else:
             raise FormatError(
@@ -237,7 +245,7 @@ def _short_names(layer: str, weight_names: list[str]) -> list[str]:
     return [p[len(layer) + 1 :] if p.startswith(layer + "/") else p for p in plain]
 
 
-def _read_keras3(path: Path, f: Any, state: dict[str, str], member: Member | None = None) -> list[Entry]:
+def _read_keras3(path: Path, f: Any, state: dict[str, str], place: Place | None = None) -> list[Entry]:
     entries: list[Entry] = []
     skeleton: list[list[Any]] = []
     dropped = 0
@@ -251,7 +259,7 @@ def _read_keras3(path: Path, f: Any, state: dict[str, str], member: Member | Non
                 dropped += _count_datasets(child)
                 continue
             if isinstance(child, _h5py().Dataset):
-                entries.append(_entry(path, child, prefix + key, {"keras.h5_path": child.name}, member))
+                entries.append(_entry(path, child, prefix + key, {"keras.h5_path": child.name}, place))
             elif key == "vars" or key == "layers":
                 walk(child, prefix)
             else:
@@ -279,7 +287,7 @@ def _ordered_keys(group: Any) -> list[str]:
     return sorted(group.keys(), key=lambda k: [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", k)])
 
 
-def _entry(path: Path, dataset: Any, name: str, attrs: dict[str, object], member: Member | None = None) -> Entry:
+def _entry(path: Path, dataset: Any, name: str, attrs: dict[str, object], place: Place | None = None) -> Entry:
     try:
         dtype = dtypes.from_numpy(dataset.dtype.newbyteorder("="))
     except Exception as e:
@@ -288,7 +296,7 @@ def _entry(path: Path, dataset: Any, name: str, attrs: dict[str, object], member
         ) from e
     options = {k: getattr(dataset, k) for k in _DATASET_OPTIONS if getattr(dataset, k, None) not in (None, False)}
     options["chunked"] = dataset.chunks is not None
-    return Entry(name, dataset.shape, dtype.name, H5Dataset(path, dataset.name, member), {**attrs, "h5": options})
+    return Entry(name, dataset.shape, dtype.name, H5Dataset(path, dataset.name, place), {**attrs, "h5": options})
 
 
 def _count_datasets(group: Any) -> int:
@@ -346,7 +354,7 @@ def save(tree: Tree, path: Path, *, progress: Progress | None = None, durable: b
     h5py = _h5py()
     check_writable(tree)
     layout = _state(tree).get(LAYOUT, "weights")
-    sources: dict[tuple[Path, Member | None], _Opened] = {}
+    sources: dict[tuple[Path, Place | None], _Opened] = {}
     try:
         with h5py.File(path, "w", track_order=True) as f:
             if layout == "keras3":
@@ -433,9 +441,9 @@ def _state(tree: Tree) -> dict[str, str]:
 def _write_dataset(group: Any, name: str, e: Entry, sources: dict, progress: Progress | None) -> None:
     source = e.source
     if isinstance(source, H5Dataset):
-        opened = sources.get((source.path, source.member))
+        opened = sources.get((source.path, source.place))
         if opened is None:
-            opened = sources[(source.path, source.member)] = _Opened(source.path, source.member)
+            opened = sources[(source.path, source.place)] = _Opened(source.path, source.place)
         handle = opened.file
         original = handle[source.dataset]
         if original.shape == e.shape and dtypes.from_numpy(original.dtype.newbyteorder("=")).name == e.dtype:

@@ -5,7 +5,8 @@
 
 * reading: Keras stores the member uncompressed (ZIP_STORED), so h5py reads it in place
   through a file object over the member's byte range: nothing is extracted, and no read
-  can leave the member. A compressed member (not written by Keras) is refused.
+  can leave the member. A compressed member (not written by Keras) is extracted to a
+  temporary file, which a note on stderr names.
 * the tree: tensors as `keras_h5` names them (`conv1/0`, `conv1/1`); `config.json` under
   the metadata key `model_config`, so class surgery, strip-head and truncate rewrite it
   with the same code as a full-model `.h5` (`surgery.keras_config`, `surgery.ops.strip`);
@@ -24,8 +25,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import struct
+import sys
+import tempfile
 import zipfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -65,7 +70,7 @@ def sniff(path: Path, head: bytes, size: int) -> bool:
 def load(path: Path) -> Tree:
     path = Path(path)
     config, metadata_json, weights = _read_members(path)
-    inner = keras_h5.load(path, member=_stored_range(path, weights))
+    inner = keras_h5.load(path, place=_stored_range(path, weights) if _stored(weights) else _extracted(path, weights))
     if inner.format_state.get(keras_h5.LAYOUT) != "keras3":
         raise FormatError(f"{WEIGHTS} is not a Keras 3 weights file", str(path), _FIX)
     metadata = {k: v for k, v in inner.metadata.items()}
@@ -93,14 +98,12 @@ def _read_members(path: Path) -> tuple[str, dict, zipfile.ZipInfo]:
     return config, metadata, infos[WEIGHTS]
 
 
-def _stored_range(path: Path, info: zipfile.ZipInfo) -> keras_h5.Member:
+def _stored(info: zipfile.ZipInfo) -> bool:
+    return info.compress_type == zipfile.ZIP_STORED and not info.flag_bits & 0x1
+
+
+def _stored_range(path: Path, info: zipfile.ZipInfo) -> keras_h5.Place:
     """The byte range of an uncompressed member, checked against its local header and the file's size."""
-    if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:
-        raise FormatError(
-            f"{WEIGHTS} is compressed or encrypted inside the zip (Keras stores it plainly)",
-            str(path),
-            "re-save the model with model.save('model.keras'), or unzip it and pass model.weights.h5",
-        )
     size = path.stat().st_size
     with open(path, "rb") as f:
         f.seek(info.header_offset)
@@ -113,7 +116,23 @@ def _stored_range(path: Path, info: zipfile.ZipInfo) -> keras_h5.Member:
         raise CorruptFileError(
             f"{WEIGHTS} claims {info.file_size} bytes at offset {offset}, past the end of the {size}-byte file", str(path), _FIX
         )
-    return keras_h5.Member(offset, info.file_size)
+    return keras_h5.Place(offset, info.file_size)
+
+
+def _extracted(path: Path, info: zipfile.ZipInfo) -> keras_h5.Place:
+    """A compressed member (Keras never writes one) cannot be read in place: h5py seeks back and
+    forth, and each seek back would decompress from the start. It is copied to a temporary file,
+    deleted when no tensor needs it any more, and the copy is said on stderr."""
+    fd, name = tempfile.mkstemp(prefix="surgery-", suffix=".weights.h5")
+    copy = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as out, zipfile.ZipFile(path) as z, z.open(info) as member:
+            shutil.copyfileobj(member, out, 1 << 20)
+    except (zipfile.BadZipFile, NotImplementedError, RuntimeError, EOFError, OSError, zlib.error) as e:
+        copy.unlink(missing_ok=True)
+        raise CorruptFileError(f"cannot extract {WEIGHTS} ({type(e).__name__}: {e})", str(path), _FIX) from e
+    print(f"note: {WEIGHTS} is compressed inside {path}, so it was extracted to {copy} (removed when done)", file=sys.stderr)
+    return keras_h5.Place(copy=copy)
 
 
 # -- writing ------------------------------------------------------------------------
