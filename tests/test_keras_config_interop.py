@@ -212,3 +212,20 @@ def test_fer_keras2_model_subsampled_loads_in_keras3(tmp_path):
     np.testing.assert_allclose(
         outputs_of(edited, "global_average_pooling2d_1", x), outputs_of(original, "global_average_pooling2d_1", x)[:, [6, 0, 3]], rtol=1e-6, atol=1e-6
     )
+
+
+@pytest.mark.parametrize("suffix", SUFFIXES)
+def test_a_sequential_model_subsampled_and_stripped_loads(tmp_path, images, suffix):
+    """Sequential configs have no inbound nodes (and Keras 3 keys their layer groups without the input)."""
+    keras.utils.set_random_seed(0)
+    layers = [keras.Input((6, 6, 3)), keras.layers.Conv2D(4, 3, name="c1"), keras.layers.Conv2D(4, 3, name="c2")]
+    model = randomised(keras.Sequential([*layers, keras.layers.Flatten(name="flat"), keras.layers.Dense(10, name="predictions")]), 3)
+    src = saved(model, tmp_path, "seq", suffix)
+    small, headless = tmp_path / f"small{suffix}", tmp_path / f"headless{suffix}"
+    assert run("subsample", src, "-o", small, "--classes", "9,0,4", "-q").exit_code == 0
+    assert run("strip-head", src, "-o", headless, "-q").exit_code == 0
+    x = images[:, :6, :6]
+    want = keras.ops.convert_to_numpy(model(x))
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(load(small)(x)), want[:, [9, 0, 4]])
+    features = keras.ops.convert_to_numpy(keras.Sequential(model.layers[:-1])(x))
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(load(headless)(x)), features)
