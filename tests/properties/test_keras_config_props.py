@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from surgery.ops.classes import resample_classes
 from surgery.tree import KERAS, Entry, Tree
