@@ -178,7 +178,7 @@ def test_unknown_output_suffix_needs_to(tmp_path):
     result = run("convert", TINY, "-o", tmp_path / "out.weird")
     assert error_line(result) == (
         f"error: cannot tell which format to write from the output's name ({tmp_path / 'out.weird'}); "
-        "pass --to (safetensors, npz, keras_h5, torch, onnx) or use a known suffix (.safetensors, .npz, .h5, .hdf5, .pt, .pth, .onnx)"
+        "pass --to (safetensors, npz, keras_h5, keras, torch, onnx) or use a known suffix (.safetensors, .npz, .h5, .hdf5, .keras, .pt, .pth, .onnx)"
     )
     assert run("convert", TINY, "-o", tmp_path / "out.weird", "--to", "npz", "-q").exit_code == 0
     assert surgery.load(tmp_path / "out.weird").format == "npz"  # detected by content, not suffix

@@ -241,9 +241,10 @@ def test_flatten_shape_must_name_a_dense_layer():
 
 def test_parse_flatten_shape():
     assert parse_flatten_shape("block/fc=7,7,64") == ("block/fc", (7, 7, 64))
+    assert parse_flatten_shape("fc4=none") == ("fc4", None) and parse_flatten_shape("fc4=None") == ("fc4", None)
     with pytest.raises(OperationError) as e:
         parse_flatten_shape("fc=7x7x64")
-    assert message(e) == "--flatten-shape 'fc=7x7x64' is not LAYER=H,W,C (--flatten-shape); write e.g. --flatten-shape dense=7,7,64"
+    assert message(e) == "--flatten-shape 'fc=7x7x64' is not LAYER=H,W,C or LAYER=none (--flatten-shape); write e.g. --flatten-shape dense=7,7,64"
 
 
 # -- conventions, rules, refusals ---------------------------------------------------------------
@@ -393,7 +394,7 @@ def test_cli_bad_flatten_shape(tmp_path, keras_file):
         "give the shape of the Flatten's input, H,W,C in Keras order (model.summary() shows it)"
     )
     result = run("convert", keras_file, "-o", tmp_path / "t.safetensors", "--layout", "torch", "--flatten-shape", "7,7,64")
-    assert error_line(result) == "error: --flatten-shape '7,7,64' is not LAYER=H,W,C (--flatten-shape); write e.g. --flatten-shape dense=7,7,64"
+    assert error_line(result) == "error: --flatten-shape '7,7,64' is not LAYER=H,W,C or LAYER=none (--flatten-shape); write e.g. --flatten-shape dense=7,7,64"
 
 
 def test_cli_unknown_layout_is_a_usage_error(tmp_path, keras_file):

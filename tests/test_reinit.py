@@ -249,13 +249,13 @@ def test_adapt_input_rules_match_timm_in_both_layouts():
     assert report.facts["rule"] == "kept the first 2 of the 3 RGB weights and scaled by 3/2 (timm adapt_input_conv)"
 
 
-def test_adapt_input_says_a_stored_model_config_is_stale():
+def test_adapt_input_refuses_a_stored_model_config_it_cannot_rewrite():
+    """A model_config that would go stale is rewritten (tests/test_keras_config.py) or refused, never left wrong."""
     kernel = np.zeros((3, 3, 3, 4), "float32")
     tree = Tree([Entry.from_array("conv1_1/kernel", kernel)], convention=KERAS, metadata={"model_config": "{}"})
-    _, report = adapt_input(tree, 1)
-    assert report.notes == [
-        "the file's model_config still describes 3 input channels: build the model with 1 and load these weights into it"
-    ]
+    with pytest.raises(OperationError) as e:
+        adapt_input(tree, 1)
+    assert e.value.what == "the model_config is not a Keras model config surgery can read (KeyError: 'config')"
     assert adapt_input(tree, 3)[1].notes == []
     assert adapt_input(Tree([Entry.from_array("c/kernel", kernel)], convention=KERAS), 1)[1].notes == []
 

@@ -22,6 +22,7 @@ FORMATS: dict[str, str] = {
     "safetensors": "surgery.formats.safetensors_io",
     "npz": "surgery.formats.npz_io",
     "keras_h5": "surgery.formats.keras_h5",
+    "keras": "surgery.formats.keras_zip",  # before torch: both are zips, told apart by their members
     "torch": "surgery.formats.torch_pt",
     "onnx": "surgery.formats.onnx_io",
 }
@@ -34,6 +35,7 @@ SUFFIXES: dict[str, str] = {
     ".npz": "npz",
     ".h5": "keras_h5",
     ".hdf5": "keras_h5",
+    ".keras": "keras",
     ".pt": "torch",
     ".pth": "torch",
     ".onnx": "onnx",

@@ -24,9 +24,11 @@ h5py is imported only when a Keras file is read or written.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
+import weakref
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -73,16 +75,100 @@ def sniff(path: Path, head: bytes, size: int) -> bool:
 # -- reading ------------------------------------------------------------------------
 
 
-class H5Dataset(Source):
-    """One HDF5 dataset, read when asked."""
+class Place:
+    """Where an HDF5 file's bytes are when it is a member of another file (a `.keras` zip): a byte
+    range of that file, read in place, or a temporary copy (`copy`), which is deleted once no
+    entry uses this place any more (or at exit)."""
 
-    def __init__(self, path: Path, dataset: str) -> None:
-        self.path, self.dataset = Path(path), dataset
+    def __init__(self, offset: int = 0, size: int = 0, copy: Path | None = None) -> None:
+        self.offset, self.size, self.copy = offset, size, copy
+        if copy is not None:
+            weakref.finalize(self, _unlink, copy)
+
+
+def _unlink(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+class _RangeFile(io.RawIOBase):
+    """A read-only file object over bytes [offset, offset + size) of a file: h5py reads a zip
+    member through it without extracting it, and can never read past the member's end."""
+
+    def __init__(self, path: Path, place: Place) -> None:
+        super().__init__()
+        self._fd = os.open(path, os.O_RDONLY)
+        self._start, self._size, self._pos = place.offset, place.size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        wanted = min(len(view), max(0, self._size - self._pos))
+        data = os.pread(self._fd, wanted, self._start + self._pos) if wanted else b""
+        view[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            os.close(self._fd)
+        super().close()
+
+
+class _Opened:
+    """An h5py.File on a path, on a member's byte range, or on its temporary copy; closes both."""
+
+    def __init__(self, path: Path, place: Place | None) -> None:
+        in_place = place is not None and place.copy is None
+        self._raw = _RangeFile(path, place) if in_place else None
+        target = self._raw if self._raw is not None else (place.copy if place is not None else path)
+        try:
+            self.file = _h5py().File(target, "r")
+        except BaseException:
+            self.close_raw()
+            raise
+
+    def close(self) -> None:
+        try:
+            self.file.close()
+        finally:
+            self.close_raw()
+
+    def close_raw(self) -> None:
+        if self._raw is not None:
+            self._raw.close()
+
+    def __enter__(self) -> Any:
+        return self.file
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class H5Dataset(Source):
+    """One HDF5 dataset, read when asked (from a file, or from a member of a `.keras` zip)."""
+
+    def __init__(self, path: Path, dataset: str, place: Place | None = None) -> None:
+        self.path, self.dataset, self.place = Path(path), dataset, place
 
     def read_array(self, entry: Entry) -> np.ndarray:
-        h5py = _h5py()
         try:
-            with h5py.File(self.path, "r") as f:
+            with _Opened(self.path, self.place) as f:
                 array = f[self.dataset][()]
         except (OSError, KeyError) as e:
             raise CorruptFileError(f"cannot read dataset {self.dataset!r} ({e})", str(self.path), _FIX) from e
@@ -109,14 +195,15 @@ class H5Dataset(Source):
         return (self.path,)
 
 
-def load(path: Path) -> Tree:
-    h5py = _h5py()
+def load(path: Path, *, place: Place | None = None) -> Tree:
+    """The tree of a Keras HDF5 file; with `place`, the HDF5 file is a member of `path` (a zip's)."""
+    _h5py()
     path = Path(path)
     try:
-        f = h5py.File(path, "r")
+        opened = _Opened(path, place)
     except OSError as e:
         raise CorruptFileError(f"cannot open the HDF5 file ({e})", str(path), _FIX) from e
-    with f:
+    with opened as f:
         metadata = {k: v for k, v in ((k, _attr_string(f.attrs, k)) for k in f.attrs) if v is not None}
         state: dict[str, str] = {}
         if "model_weights" in f:
@@ -129,7 +216,7 @@ def load(path: Path) -> Tree:
             entries = _read_keras2(path, f, state)
             state[LAYOUT] = "weights"
         elif "layers" in f or "vars" in f:
-            entries = _read_keras3(path, f, state)
+            entries = _read_keras3(path, f, state, place)
             state[LAYOUT] = "keras3"
         else:
             raise FormatError(
@@ -174,7 +261,7 @@ def _short_names(layer: str, weight_names: list[str]) -> list[str]:
     return [p[len(layer) + 1 :] if p.startswith(layer + "/") else p for p in plain]
 
 
-def _read_keras3(path: Path, f: Any, state: dict[str, str]) -> list[Entry]:
+def _read_keras3(path: Path, f: Any, state: dict[str, str], place: Place | None = None) -> list[Entry]:
     entries: list[Entry] = []
     skeleton: list[list[Any]] = []
     dropped = 0
@@ -188,7 +275,7 @@ def _read_keras3(path: Path, f: Any, state: dict[str, str]) -> list[Entry]:
                 dropped += _count_datasets(child)
                 continue
             if isinstance(child, _h5py().Dataset):
-                entries.append(_entry(path, child, prefix + key, {"keras.h5_path": child.name}))
+                entries.append(_entry(path, child, prefix + key, {"keras.h5_path": child.name}, place))
             elif key == "vars" or key == "layers":
                 walk(child, prefix)
             else:
@@ -216,7 +303,7 @@ def _ordered_keys(group: Any) -> list[str]:
     return sorted(group.keys(), key=lambda k: [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", k)])
 
 
-def _entry(path: Path, dataset: Any, name: str, attrs: dict[str, object]) -> Entry:
+def _entry(path: Path, dataset: Any, name: str, attrs: dict[str, object], place: Place | None = None) -> Entry:
     try:
         dtype = dtypes.from_numpy(dataset.dtype.newbyteorder("="))
     except Exception as e:
@@ -225,7 +312,7 @@ def _entry(path: Path, dataset: Any, name: str, attrs: dict[str, object]) -> Ent
         ) from e
     options = {k: getattr(dataset, k) for k in _DATASET_OPTIONS if getattr(dataset, k, None) not in (None, False)}
     options["chunked"] = dataset.chunks is not None
-    return Entry(name, dataset.shape, dtype.name, H5Dataset(path, dataset.name), {**attrs, "h5": options})
+    return Entry(name, dataset.shape, dtype.name, H5Dataset(path, dataset.name, place), {**attrs, "h5": options})
 
 
 def _count_datasets(group: Any) -> int:
@@ -277,11 +364,13 @@ def _attr_string(attrs: Any, name: str) -> str | None:
 # -- writing ------------------------------------------------------------------------
 
 
-def save(tree: Tree, path: Path, *, progress: Progress | None = None) -> None:
+def save(tree: Tree, path: Path, *, progress: Progress | None = None, durable: bool = True) -> None:
+    """Write `tree` to `path`; `durable=False` skips the fsync, for an intermediate file (a
+    `.keras` zip's weights, copied into the zip, which is fsynced instead)."""
     h5py = _h5py()
     check_writable(tree)
     layout = _state(tree).get(LAYOUT, "weights")
-    sources: dict[Path, Any] = {}
+    sources: dict[tuple[Path, Place | None], _Opened] = {}
     try:
         with h5py.File(path, "w", track_order=True) as f:
             if layout == "keras3":
@@ -292,8 +381,9 @@ def save(tree: Tree, path: Path, *, progress: Progress | None = None) -> None:
     finally:
         for handle in sources.values():
             handle.close()
-    with open(path, "rb+") as raw:  # h5py has no fsync of its own
-        os.fsync(raw.fileno())
+    if durable:
+        with open(path, "rb+") as raw:  # h5py has no fsync of its own
+            os.fsync(raw.fileno())
 
 
 def check_writable(tree: Tree) -> None:
@@ -360,16 +450,17 @@ def _write_keras3(f: Any, tree: Tree, sources: dict, progress: Progress | None) 
 
 
 def _state(tree: Tree) -> dict[str, str]:
-    """Our layout facts, only when the tree was read from a Keras file."""
-    return tree.format_state if tree.format == NAME else {}
+    """Our layout facts, only when the tree was read from a Keras file (HDF5, or the weights of a `.keras` zip)."""
+    return tree.format_state if tree.format in (NAME, "keras") else {}
 
 
 def _write_dataset(group: Any, name: str, e: Entry, sources: dict, progress: Progress | None) -> None:
     source = e.source
     if isinstance(source, H5Dataset):
-        handle = sources.get(source.path)
-        if handle is None:
-            handle = sources[source.path] = _h5py().File(source.path, "r")
+        opened = sources.get((source.path, source.place))
+        if opened is None:
+            opened = sources[(source.path, source.place)] = _Opened(source.path, source.place)
+        handle = opened.file
         original = handle[source.dataset]
         if original.shape == e.shape and dtypes.from_numpy(original.dtype.newbyteorder("=")).name == e.dtype:
             # Unchanged: HDF5 copies the stored chunks as they are (no decode, no re-encode).

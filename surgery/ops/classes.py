@@ -27,6 +27,7 @@ from .. import dtypes
 from ..errors import OperationError
 from ..graph import graph_of
 from ..heads import CLASS_HEADS, HeadPattern
+from ..keras_config import follow_class_plan
 from ..labels import follow as follow_labels
 from ..labels import prepare as prepare_names
 from ..labels import record as record_labels
@@ -524,6 +525,7 @@ def apply_plan(tree: Tree, plan: ClassPlan, *, init: str = "gaussian", seed: int
     metadata = dict(tree.metadata)
     metadata["surgery.num_classes"] = str(plan.num_classes)
     metadata["surgery.source_classes"] = json.dumps(["new" if c is None else c for c in plan.classes])
+    report.notes.extend(follow_class_plan(metadata, plan))  # a Keras model_config follows the new class count
     report.facts.update(num_classes=plan.num_classes, source_classes=plan.source_classes)
     report.notes.extend(plan.notes)
     if plan.adds_classes:

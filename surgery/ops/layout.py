@@ -100,6 +100,11 @@ KERAS_AUTO_NAMES: tuple[tuple[str, str], ...] = (
     ("embedding*", "embedding"),
 )
 TORCH_AUTO_NAMES: tuple[tuple[str, str], ...] = (("*prelu*", "prelu"), ("*p_re_lu*", "prelu"))
+# A Permute between the last conv and a Flatten changes the flatten order (MTCNN's R-Net and O-Net,
+# ported from Caffe: conv3 -> prelu3 -> permute -> flatten3 -> fc4). Files without a model_config
+# show it only by its name in layer_names: Keras's automatic name for the class.
+KERAS_PERMUTE_NAMES = ("permute*",)
+NO_REORDER = "none"  # --flatten-shape LAYER=none: this Dense's inputs are already in the torch order
 
 # kind -> ((Keras param, torch param), ...) in Keras's own weight order. The first pair
 # naming a torch param is the one used going back to Keras.
@@ -118,6 +123,7 @@ KERAS_PARAM_KINDS: tuple[tuple[str, str], ...] = (
     ("moving_mean", "batchnorm"), ("depthwise_kernel", "depthwise"), ("alpha", "prelu"), ("embeddings", "embedding"), ("gamma", "norm"), ("beta", "norm"),
 )
 _KERNELS = ("conv", "transposed", "depthwise")
+_PER_CHANNEL = ("prelu", "batchnorm")  # layers that keep a conv's feature map as it is
 _BN_EPS_NOTE = "BatchNorm eps is not stored in weights: Keras defaults to 1e-3, torch to 1e-5; build the {side} layers with eps={eps}"
 
 
@@ -150,7 +156,9 @@ def convert_layout(
         tree: a tree in Keras or PyTorch layout.
         to: "torch" or "keras".
         flatten_shapes: Keras layer name of the first Dense after a Flatten -> (H, W, C) of the
-            Flatten's input, in Keras order, in both directions.
+            Flatten's input, in Keras order, in both directions; or None: that Dense needs no
+            reorder (the answer for a Permute between the conv and the Flatten, which is refused
+            otherwise).
         rules: (regex, replacement) pairs applied in order to every name after the default
             mapping, e.g. ("^conv2d_1\\\\.", "features.0.").
         transposed: globs over layer names (of `tree`) that are transposed convolutions.
@@ -180,29 +188,33 @@ def convert_layout(
         report.notes.append(f"already in {target.name} layout; nothing changed")
         return tree, report
     compiled = _compile_rules(rules or ())
-    shapes = {k: tuple(int(n) for n in v) for k, v in (flatten_shapes or {}).items()}
+    shapes = {k: None if v is None else tuple(int(n) for n in v) for k, v in (flatten_shapes or {}).items()}
     if target == TORCH:
         entries, memory = _to_torch(tree, report, shapes, compiled, transposed, depthwise)
     else:
         entries, memory = _to_keras(tree, report, shapes, compiled, transposed, depthwise)
     new = _assemble(tree, entries, target, memory)
-    arguments = {"to": target.name, "flatten_shapes": {k: list(v) for k, v in shapes.items()} or None,
+    arguments = {"to": target.name, "flatten_shapes": {k: None if v is None else list(v) for k, v in shapes.items()} or None,
                  "rules": [list(r) for r in rules] if rules else None, "transposed": list(transposed) or None,
                  "depthwise": list(depthwise) or None, "source": source}
     return record(new, "convert-layout", **arguments), report
 
 
-def parse_flatten_shape(text: str) -> tuple[str, tuple[int, int, int]]:
-    """`dense=7,7,64` -> ("dense", (7, 7, 64)): a Keras Dense layer and its Flatten's input H,W,C.
+def parse_flatten_shape(text: str) -> tuple[str, tuple[int, int, int] | None]:
+    """`dense=7,7,64` -> ("dense", (7, 7, 64)): a Keras Dense layer and its Flatten's input H,W,C;
+    `fc4=none` -> ("fc4", None): that Dense's inputs need no reorder (a Permute before its Flatten
+    already puts them in the torch model's order).
 
     Raises:
-        OperationError: not LAYER=H,W,C with three non-negative integers.
+        OperationError: not LAYER=H,W,C with three non-negative integers, nor LAYER=none.
     """
     layer, _, dims = text.rpartition("=")
+    if layer and dims.strip().lower() == NO_REORDER:
+        return layer, None
     parts = dims.split(",")
     if not layer or len(parts) != 3 or not all(p.strip().isdigit() for p in parts):
         raise OperationError(
-            f"--flatten-shape {text!r} is not LAYER=H,W,C", "--flatten-shape", "write e.g. --flatten-shape dense=7,7,64"
+            f"--flatten-shape {text!r} is not LAYER=H,W,C or LAYER=none", "--flatten-shape", "write e.g. --flatten-shape dense=7,7,64"
         )
     h, w, c = (int(p) for p in parts)
     return layer, (h, w, c)
@@ -326,12 +338,14 @@ def _to_torch(tree, report, shapes, rules, transposed, depthwise) -> tuple[list[
     layers = [_keras_layer(name, group, config, transposed, depthwise) for name, group in _groups(tree, "/")]
     _check_flatten_shapes(shapes, {layer.name for layer in layers if layer.kind == "dense"})
     flattened = _flatten_fed(layers, config, "keras")
+    before = _before_flatten(layers, config, tree.format_state)
     out: list[Entry] = []
     memory: dict[str, list] = {}
     batchnorms = 0
     for layer in layers:
         hwc = shapes.get(layer.name)
-        if layer.name in flattened and hwc is None:
+        _check_flatten_input(layer, shapes, before.get(layer.name), report)
+        if layer.name in flattened and layer.name not in shapes and not before.get(layer.name, _Feed()).permutes:
             raise _missing_flatten(layer.name, flattened[layer.name])
         module = layer.name.replace("/", ".")
         for entry, param in zip(layer.entries, layer.params):
@@ -501,17 +515,20 @@ def _to_keras(tree, report, shapes, rules, transposed, depthwise) -> tuple[list[
     _check_flatten_shapes(shapes, dense | {keras_names[n] for n in dense})
     flattened = _flatten_fed(layers, config, "torch", memory)
     out: list[Entry] = []
-    batchnorms, channels = 0, None
+    batchnorms, channels, conv = 0, None, None
     for layer in layers:
         keras_layer = keras_names[layer.name]
         hwc = _flatten_shape_for(layer, keras_layer, shapes, memory)
-        if layer.name in flattened and hwc is None:
+        if hwc is not None and conv is not None and (keras_layer in shapes or layer.name in shapes):
+            _check_channels(layer, "torch", hwc, conv.name, _out_channels(conv, "torch"))
+        if layer.name in flattened and hwc is None and not (keras_layer in shapes or layer.name in shapes):
             raise _missing_flatten(keras_layer, flattened[layer.name])
         batchnorms += layer.kind == "batchnorm"
         hint = _depth_multiplier(layer, keras_layer, config, channels)
         out.extend(_torch_layer_to_keras(layer, keras_layer, memory, rules, hwc, hint, report))
         if _kernel_of(layer) is not None:
             channels = _out_channels(layer, "torch")
+            conv = layer if layer.kind in _KERNELS else None
     if batchnorms:
         report.notes.append(_BN_EPS_NOTE.format(side="Keras", eps="1e-5"))
     report.facts["layers"] = {layer.name: layer.kind for layer in layers}
@@ -683,7 +700,8 @@ def _flatten_fed(layers: list[_Layer], config: _KerasConfig, side: str, memory: 
             inputs = kernel.shape[0] if side == "keras" else kernel.shape[1]
             if channels and inputs % channels == 0 and inputs // channels > 1:
                 found[layer.name] = f"its {inputs} inputs are a multiple of the {channels} channels of conv {previous.name!r}"
-        previous = layer if layer.kind in _KERNELS else None
+        if layer.kind not in _PER_CHANNEL:  # a PReLU or BatchNorm after the conv keeps its map
+            previous = layer if layer.kind in _KERNELS else None
     return found
 
 
@@ -720,6 +738,102 @@ def _out_channels(layer: _Layer, side: str) -> int:
     if layer.kind == "depthwise":
         return shape[-2] * shape[-1]
     return shape[-2] if layer.kind == "transposed" else shape[-1]
+
+
+@dataclass(frozen=True)
+class _Feed:
+    """What feeds a Dense, walking back to the conv before it: the Permutes before a Flatten."""
+
+    path: tuple[str, ...] = ()  # layer names from the conv (or where the walk stopped) to the Dense
+    permutes: tuple[str, ...] = ()  # Permute layers on the way that come before a Flatten
+    conv: _Layer | None = None
+
+
+_LAYER_NAMES = "keras.layer_names"  # format_state: a Keras 2 file's layer order, weightless layers included
+
+
+def _before_flatten(layers: list[_Layer], config: _KerasConfig, state: Mapping[str, object]) -> dict[str, _Feed]:
+    """Each Dense's feed: from the model_config's graph, else the file's layer order, else tensor order."""
+    dense = [layer for layer in layers if layer.kind == "dense"]
+    if config.layers:
+        by_key = {config.key(layer.name): layer for layer in layers}
+        return {d.name: _feed_from_config(d, config, by_key) for d in dense}
+    try:
+        order = [str(n) for n in json.loads(str(state.get(_LAYER_NAMES, "[]")))]
+    except ValueError:
+        order = []
+    by_name = {layer.name: layer for layer in layers}
+    order = order if all(d.name in order for d in dense) else list(by_name)
+    return {d.name: _feed_from_order(d, order, by_name) for d in dense}
+
+
+def _feed_from_config(dense: _Layer, config: _KerasConfig, by_key: dict[str, _Layer]) -> _Feed:
+    names = config._by_name()
+    current, path, permutes, flattened = names.get(config.key(dense.name)), [dense.name], [], False
+    for _ in range(len(names)):
+        inputs = (_inbound(current) or config._previous(current)) if current else set()
+        if len(inputs) != 1:
+            break
+        (source,) = inputs
+        current = names.get(source, {})
+        class_name = current.get("class_name")
+        path.insert(0, source)
+        flattened |= class_name == "Flatten"
+        if class_name == "Permute" and flattened:
+            permutes.append(source)
+        kind = KERAS_CLASSES.get(class_name or "")
+        if kind in _KERNELS or kind == "dense":
+            return _Feed(tuple(path), tuple(permutes), by_key.get(source) if kind in _KERNELS else None)
+    return _Feed(tuple(path), tuple(permutes))
+
+
+def _feed_from_order(dense: _Layer, order: list[str], by_name: dict[str, _Layer]) -> _Feed:
+    path, permutes, flattened = [dense.name], [], False
+    for name in reversed(order[: order.index(dense.name)]):
+        path.insert(0, name)
+        layer = by_name.get(name)
+        if layer is not None and layer.kind in (*_KERNELS, "dense"):
+            return _Feed(tuple(path), tuple(permutes), layer if layer.kind in _KERNELS else None)
+        short = name.rsplit("/", 1)[-1].lower()
+        flattened |= fnmatch.fnmatchcase(short, "flatten*")
+        if layer is None and flattened and _matches(short, KERAS_PERMUTE_NAMES):
+            permutes.append(name)
+    return _Feed(tuple(path), tuple(permutes))
+
+
+def _check_flatten_input(layer: _Layer, shapes: dict, feed: _Feed | None, report: Report) -> None:
+    """Refuse a Permute before the Flatten unless told `none`, and a given C that is not the conv's."""
+    if feed is None:
+        return
+    dense = layer.name
+    if feed.permutes:
+        if dense not in shapes or shapes[dense] is not None:
+            raise OperationError(
+                f"Dense layer {dense!r} reads a Flatten of Permute layer {feed.permutes[0]!r} ({' -> '.join(feed.path)}): "
+                "its inputs are not in NHWC order, so the NHWC->NCHW reorder would be wrong",
+                feed.permutes[0],
+                f"if the torch model flattens in the order the Permute makes (as MTCNN ports do), pass --flatten-shape {dense}={NO_REORDER}; otherwise convert this layer by hand",
+            )
+        report.notes.append(f"{dense}: inputs kept in the order Permute {feed.permutes[0]!r} makes them (--flatten-shape {dense}={NO_REORDER})")
+        return
+    hwc = shapes.get(dense)
+    if hwc is not None and feed.conv is not None:
+        _check_channels(layer, "keras", hwc, feed.conv.name, _out_channels(feed.conv, "keras"))
+
+
+def _check_channels(layer: _Layer, side: str, hwc: tuple[int, int, int], conv: str, channels: int) -> None:
+    """C of a given flatten shape must be the conv's channels (a wrong H,W,C whose product is
+    wrong too is left to the kernel's own check, which names both counts)."""
+    h, w, c = hwc
+    kernel = _kernel_of(layer)
+    inputs = None if kernel is None else kernel.shape[0 if side == "keras" else 1]
+    dense = layer.name
+    if c != channels and inputs == h * w * c:
+        raise OperationError(
+            f"--flatten-shape {dense}={h},{w},{c} gives C={c}, but conv {conv!r} before it has {channels} channels",
+            "--flatten-shape",
+            f"give the Flatten's input shape in Keras order, H,W,{channels}",
+        )
 
 
 def _missing_flatten(layer: str, why: str) -> OperationError:

@@ -52,6 +52,7 @@ import numpy as np
 
 from .. import dtypes
 from ..errors import OperationError
+from ..keras_config import follow_input_channels
 from ..naming import layer_of, matches, param_of
 from ..provenance import record
 from ..report import Report
@@ -463,15 +464,20 @@ def adapt_input(tree: Tree, channels: int, *, layer: str | None = None, layout: 
     shape = list(kernel.shape)
     shape[axis] = channels
     rule = _rule(channels)
-    edited = tree.derive(replace={kernel.name: Entry.computed(kernel.name, tuple(shape), kernel.dtype, _adapter(kernel, axis, channels), like=kernel)})
     report = Report("adapt-input")
     report.add("reshaped", kernel.name, str(list(kernel.shape)), str(shape), rule)
-    if "model_config" in tree.metadata and channels != 3:
-        report.notes.append(f"the file's model_config still describes {kernel.shape[axis]} input channels: build the model with {channels} and load these weights into it")
+    metadata = dict(tree.metadata)
+    report.notes.extend(follow_input_channels(metadata, _config_layer(kernel), kernel.shape[axis], channels))
+    edited = tree.derive(replace={kernel.name: Entry.computed(kernel.name, tuple(shape), kernel.dtype, _adapter(kernel, axis, channels), like=kernel)}, metadata=metadata)
     report.facts.update(
         layer=layer_of(kernel.name), tensor=kernel.name, before=list(kernel.shape), after=shape, rule=rule, why=why, axis=axis, channels=channels
     )
     return record(edited, "adapt-input", channels=channels, tensor=kernel.name, layout=chosen_layout), report
+
+
+def _config_layer(kernel: Entry) -> str:
+    """The kernel's layer as a Keras model_config names it."""
+    return str(kernel.attrs.get("keras.layer") or layer_of(kernel.name))
 
 
 def _check_kernel(kernel: Entry, axis: int, layer: str | None) -> None:

@@ -30,6 +30,7 @@ from typing import Any
 from ..errors import OperationError
 from ..graph import graph_of
 from ..heads import PASS_THROUGH_LAYERS, TOPS, TOPS_ON_REQUEST
+from ..keras_config import without_compile_config
 from ..naming import layer_of, matches
 from ..provenance import record
 from ..report import Report
@@ -345,9 +346,10 @@ def _rewrite_config(tree: Tree, layers: set[str], report: Report) -> tuple[dict[
     also = sorted(removed - layers, key=graph.order.index)
     note = f"model_config rewritten without {len(removed)} layers; the model's outputs are now {', '.join(outputs)}"
     report.notes.append(note + (f" (also removed, they consumed removed layers: {', '.join(also)})" if also else ""))
-    for key in _TRAINING_KEYS:
-        if metadata.pop(key, None) is not None:
-            report.notes.append(f"{key} dropped: its losses and metrics were for the removed outputs")
+    metadata["model_config"], compiled = without_compile_config(metadata["model_config"])  # a .keras config.json's
+    dropped = [key for key in _TRAINING_KEYS if metadata.pop(key, None) is not None] + (["compile_config"] if compiled else [])
+    for key in dropped:
+        report.notes.append(f"{key} dropped: its losses and metrics were for the removed outputs")
     return metadata, removed | layers
 
 

@@ -27,11 +27,15 @@ def raw_entry(draw, name: str, shape: tuple[int, ...], dtype: str) -> Entry:
 def keras_layers(draw):
     """A Keras tree (Keras 2 names) and the flatten shapes of its Dense layers."""
     entries, flatten = [], {}
+    conv_out = None  # channels of the last conv: the C of a Dense's flatten shape after it
     for k in range(draw(st.integers(1, 4))):
         kind = draw(st.sampled_from(["conv1d", "conv2d", "conv3d", "dense", "bn", "depthwise"]))
         dtype = draw(st.sampled_from(FLOATS))
         layer = f"{kind}_{k}"
         cin, cout = draw(dims), draw(dims)
+        if kind == "dense" and conv_out is not None:
+            cin = conv_out
+        conv_out = {"dense": None, "depthwise": cin * cout}.get(kind, cout if kind.startswith("conv") else conv_out)
         if kind.startswith("conv"):
             spatial = tuple(draw(dims) for _ in range(int(kind[4])))
             entries.append(raw_entry(draw, f"{layer}/kernel", (*spatial, cin, cout), dtype))
@@ -86,6 +90,7 @@ def test_conv_and_dense_weights_match_numpy_transpose(case):
 def torch_layers(draw):
     """A torch tree of Linear/Conv/BatchNorm modules (num_batches_tracked 0, as Keras cannot keep it)."""
     entries, flatten = [], {}
+    conv_out = None  # channels of the last conv: a Linear after it reads a (1, 1, conv_out) map
     for k in range(draw(st.integers(1, 4))):
         kind = draw(st.sampled_from(["conv", "linear", "bn"]))
         dtype = draw(st.sampled_from(FLOATS))
@@ -98,6 +103,9 @@ def torch_layers(draw):
             continue
         rank = 2 if kind == "linear" else draw(st.integers(3, 5))
         shape = (out, *(draw(dims) for _ in range(rank - 1)))
+        if kind == "linear" and conv_out is not None:
+            shape = (out, conv_out)
+        conv_out = out if kind == "conv" else None
         if kind == "linear":  # a Linear after a Conv is refused without its Flatten's shape
             flatten[module] = (1, 1, shape[1])
         entries.append(raw_entry(draw, f"{module}.weight", shape, dtype))
@@ -110,8 +118,7 @@ def torch_layers(draw):
 def test_torch_to_keras_to_torch_is_the_identity(case):
     tree, flatten = case
     keras_tree, _ = convert_layout(tree, "keras", flatten_shapes=flatten)
-    # The drawn flatten shapes need not match the conv before (C may differ from its channels),
-    # so the way back is told them too, as a user converting such a file back would be.
+    # The way back is told the flatten shapes too, as a user converting such a file back would be.
     back, _ = convert_layout(keras_tree, "torch", flatten_shapes=flatten)
     back = back.derive(metadata={k: v for k, v in back.metadata.items() if k != MAP_KEY})
     assert signature(back) == signature(tree)
