@@ -259,6 +259,10 @@ def plan_classes(
         )
     K, k_why = _source_class_count(tree, chosen, source_classes, anchors, anchors_per_layer)
     notes: list[str] = []
+    if axis is None and tree.convention.out_axis is None:
+        from ..conventions import convention_of
+
+        notes.append(f"class axis from the names: {convention_of(tree).why}; pass --axis to override")
     picked = _pick_classes(K, classes, num_classes, seed, chosen, notes)
     for c in picked:
         if c is not None and not 0 <= c < K:
@@ -336,10 +340,13 @@ def _describe(tree: Tree, c: _Layer, layout: str | None, axis: int | None, field
     if c.layout == "class-major":
         c.group = group if group is not None else (c.row.group if c.row and c.row.group > 1 else DEFAULT_GROUP)
     if axis is None:
-        axis = tree.convention.out_axis
+        from ..conventions import convention_of
+
+        inferred = convention_of(tree)
+        axis = inferred.convention.out_axis
         if axis is None:
             raise OperationError(
-                "the checkpoint does not say which axis of a weight is its output axis",
+                f"the checkpoint does not say which axis of a weight is its output axis, and {inferred.why}",
                 c.name,
                 "pass --axis -1 for Keras layout or --axis 0 for PyTorch layout",
             )
