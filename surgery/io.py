@@ -94,10 +94,10 @@ def check_output(
     name = formats.for_output(path, format, sharded=shard_size is not None)
     if not hasattr(formats.module(name), "save"):
         raise OutputError(f"writing {name} files is not available yet", str(path), formats.module(name).CANNOT_WRITE)
-    check_writable = getattr(formats.module(name), "check_writable", None)
-    if check_writable is not None:  # what the format cannot hold is refused before anything is written
-        check_writable(tree)
     if shard_size is not None and name != "safetensors":
         raise OutputError(f"{name} files cannot be sharded", "--shard-size", "drop --shard-size, or write safetensors")
     check_destination(path, tree.source_paths(), force=force)
+    check_writable = getattr(formats.module(name), "check_writable", None)
+    if check_writable is not None:  # what the format cannot hold is refused before anything is written
+        check_writable(tree)
     return name

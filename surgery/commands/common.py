@@ -16,6 +16,8 @@ from ..errors import SurgeryError
 from ..formats import names as _format_names
 
 FORMAT_NAMES = _format_names()
+_LISTED = 20  # names listed per kind in text output; --verbose and --json list all
+_VERBOSE = "surgery.verbose"  # click context meta: --verbose was given
 
 
 # -- shared options and parameter types ---------------------------------------------
@@ -37,12 +39,51 @@ class SizeType(click.ParamType):
             self.fail(e.what + "; write e.g. 500MB or 5GB", param, ctx)
 
 
+class Checked(click.ParamType):
+    """A text option the library parses: its refusal becomes a usage error (exit 2), the text is kept.
+
+    `check` is the library's own parser (e.g. `parse_classes`), so the CLI and the library
+    accept exactly the same values and say the same thing about the rest.
+    """
+
+    def __init__(self, metavar: str, check: Callable[[str], Any]) -> None:
+        self.name, self.check = metavar, check
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if not isinstance(value, str):
+            return value
+        try:
+            self.check(value)
+        except SurgeryError as e:
+            self.fail(f"{e.what}; {e.fix}" if e.fix else e.what, param, ctx)
+        return value
+
+
+def usage_error(message: str) -> click.UsageError:
+    """Options that do not fit together: a usage error (one line, exit 2) of the running command."""
+    return click.UsageError(message, click.get_current_context(silent=True))
+
+
+def key_option(f: Callable) -> Callable:
+    return click.option("--key", metavar="NAME", help="PyTorch checkpoints: the top-level entry that holds the state dict (e.g. model_ema); found by itself otherwise.")(f)
+
+
+def verbose_option(f: Callable) -> Callable:
+    """--verbose: list every name instead of the first few (`_first`)."""
+
+    def remember(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
+        ctx.meta[_VERBOSE] = value
+        return value
+
+    return click.option("-v", "--verbose", is_flag=True, expose_value=False, callback=remember, help=f"List every name; without it, long lists show the first {_LISTED}.")(f)
+
+
 def json_option(f: Callable) -> Callable:
     return click.option("--json", "as_json", is_flag=True, help="Print a JSON document on stdout instead of text.")(f)
 
 
 def quiet_option(f: Callable) -> Callable:
-    return click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary on stderr.")(f)
+    return click.option("-q", "--quiet", is_flag=True, help="Print only errors and warnings (stderr): no progress bar (stderr) and no summary (stdout).")(f)
 
 
 def output_options(f: Callable) -> Callable:
@@ -123,13 +164,12 @@ def layout_options(f: Callable) -> Callable:
 
 def _apply_layout(tree, layout: str | None, from_layout: str | None, flatten_shapes: tuple[str, ...], rules_file: Path | None, transposed: tuple[str, ...], depthwise: tuple[str, ...]):
     """The tree in the asked layout and the report, or the tree unchanged and None without --layout."""
-    from ..errors import OperationError
     from ..ops.layout import convert_layout, parse_flatten_shape, parse_rules
 
     if layout is None:
         given = [n for n, v in (("--flatten-shape", flatten_shapes), ("--rules", rules_file), ("--transposed", transposed), ("--depthwise", depthwise), ("--from-layout", from_layout)) if v]
         if given:
-            raise OperationError(f"{given[0]} only applies with --layout", given[0], "add --layout torch or --layout keras")
+            raise usage_error(f"{given[0]} only applies with --layout: add --layout torch or --layout keras")
         return tree, None
     rules = None
     if rules_file is not None:
@@ -157,7 +197,6 @@ def _print_layout_summary(report) -> None:
 
 # -- names: rename, transplant ------------------------------------------------------
 
-_LISTED = 20  # names listed per kind in text output; --json lists all
 
 
 def _name_summary(reports: list) -> dict:
@@ -177,8 +216,25 @@ def _print_name_summary(summary: dict) -> None:
 
 
 def _first(names: list[str]) -> str:
-    shown = ", ".join(_printable(n) for n in names[:_LISTED])
-    return shown + (f", ... and {len(names) - _LISTED} more (--json lists all)" if len(names) > _LISTED else "")
+    """The first names of a long list, then how many more: the one way every command shortens a list."""
+    ctx = click.get_current_context(silent=True)
+    limit = None if ctx is not None and ctx.meta.get(_VERBOSE) else _LISTED
+    if limit is None or len(names) <= limit:
+        return ", ".join(_printable(n) for n in names)
+    return ", ".join(_printable(n) for n in names[:limit]) + f", … and {len(names) - limit} more (--verbose lists all)"
+
+
+def _capped(items: list) -> tuple[list, str]:
+    """A long list printed one per line: the first items, and the same "… and M more" line as `_first`."""
+    ctx = click.get_current_context(silent=True)
+    if (ctx is not None and ctx.meta.get(_VERBOSE)) or len(items) <= _LISTED:
+        return list(items), ""
+    return list(items[:_LISTED]), f"… and {len(items) - _LISTED} more (--verbose lists all)"
+
+
+def _warn(message: str) -> None:
+    """A warning: stderr, one line, shown even with --quiet (it is not part of the summary)."""
+    click.echo(f"warning: {message}", err=True)
 
 
 def _parse_rules(rules: tuple[str, ...]) -> list[tuple[str, str]]:

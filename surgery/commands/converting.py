@@ -17,6 +17,7 @@ from .common import (
     _print_name_summary,
     _write,
     json_option,
+    key_option,
     layout_options,
     name_options,
     output_options,
@@ -31,7 +32,7 @@ from .common import (
 @click.option("--to", "to", type=click.Choice(FORMAT_NAMES), help="Output format (default: from OUTPUT's suffix).")
 @click.option("--dtype", type=click.Choice(["float16", "bfloat16", "float32"]), help="Cast floating tensors; integers and bools are kept.")
 @click.option("--shard-size", type=SizeType(), help="Write a sharded safetensors folder, shards of at most SIZE (5GB, 500MB).")
-@click.option("--key", metavar="NAME", help="PyTorch checkpoints: the top-level entry that holds the state dict (e.g. model_ema); found by itself otherwise.")
+@key_option
 @layout_options
 @json_option
 @quiet_option

@@ -12,13 +12,14 @@ from .common import (
     _emit_json,
     _printable,
     json_option,
+    key_option,
 )
 
 
 @click.command()
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--filter", "filters", multiple=True, metavar="GLOB", help="Only tensors whose name matches (repeatable).")
-@click.option("--key", metavar="NAME", help="PyTorch checkpoints: the top-level entry that holds the state dict (e.g. model_ema); found by itself otherwise.")
+@key_option
 @json_option
 def inspect(path: Path, filters: tuple[str, ...], as_json: bool, key: str | None = None) -> None:
     """List a checkpoint's tensors: name, shape, dtype and size.
@@ -35,13 +36,21 @@ def inspect(path: Path, filters: tuple[str, ...], as_json: bool, key: str | None
     """
     from ..io import load
 
+    from ..conventions import convention_of
+
     tree = load(path, key=key)
     entries = _filtered(tree, filters, path)
     total = sum(e.nbytes for e in entries)
+    parameters = _parameter_count(tree, entries)
+    convention = convention_of(tree)
     if as_json:
         _emit_json(
             {
                 "format": tree.format,
+                "convention": convention.convention.name,
+                "convention_from": "file" if tree.convention.out_axis is not None else "names",
+                "tensor_count": len(entries),
+                "parameters": parameters,
                 "tensors": [
                     {"name": e.name, "shape": list(e.shape), "dtype": e.dtype, "nbytes": e.nbytes} for e in entries
                 ],
@@ -50,7 +59,24 @@ def inspect(path: Path, filters: tuple[str, ...], as_json: bool, key: str | None
             }
         )
         return
-    _print_table(tree, entries, total)
+    _print_table(tree, entries, total, parameters, convention)
+
+
+def _parameter_count(tree, entries: list) -> int:
+    """Elements of the weights, without buffers (BatchNorm statistics, integer tensors)."""
+    import math
+
+    from ..ops.freeze import is_buffer
+
+    return sum(math.prod(e.shape) for e in entries if not is_buffer(tree, e.name))
+
+
+def _count(n: int) -> str:
+    """11_689_512 -> 11.7M, as model cards write parameter counts."""
+    for unit, size in (("B", 10**9), ("M", 10**6), ("k", 10**3)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return str(n)
 
 
 def _filtered(tree, filters: tuple[str, ...], path: Path) -> list:
@@ -66,7 +92,7 @@ def _filtered(tree, filters: tuple[str, ...], path: Path) -> list:
     return kept
 
 
-def _print_table(tree, entries: list, total: int) -> None:
+def _print_table(tree, entries: list, total: int, parameters: int, convention) -> None:
     from ..sizes import format_size
 
     rows = [(_printable(e.name), "[" + ", ".join(map(str, e.shape)) + "]", e.dtype, format_size(e.nbytes)) for e in entries]
@@ -76,8 +102,10 @@ def _print_table(tree, entries: list, total: int) -> None:
     click.echo(line.format(*headers))
     for row in rows:
         click.echo(line.format(*row))
+    inferred = " (from the names)" if tree.convention.out_axis is None and convention.convention.out_axis is not None else ""
     click.echo(
-        f"{len(entries)} tensors, {total:,} bytes ({format_size(total)}); format {tree.format}, convention {tree.convention}"
+        f"{len(entries)} tensors, {_count(parameters)} parameters, {total:,} bytes ({format_size(total)}); "
+        f"format {tree.format}, convention {convention.convention}{inferred}"
     )
     for key, value in tree.metadata.items():
         click.echo(f"metadata {_printable(key)} = {_shortened(_printable(value))}")

@@ -71,6 +71,7 @@ class LayerPlan:
     axis: int
     channel_map: tuple[Channel, ...]
     why: str
+    background: str = "none"  # the head's background class: "first", "last" or "none" (surgery.heads)
 
     @property
     def new_channels(self) -> int:
@@ -93,6 +94,11 @@ class ClassPlan:
     @property
     def adds_classes(self) -> bool:
         return any(c is None for c in self.classes)
+
+    @property
+    def background_first(self) -> bool:
+        """The heads are a detection family's whose class 0 is background (SSD, Faster R-CNN)."""
+        return any(lp.background == "first" for lp in self.layers)
 
     def to_json(self, tree: Tree) -> dict[str, object]:
         return {
@@ -289,7 +295,7 @@ def plan_classes(
             )
         how = _anchor_reason(c, n_anchors, K, anchors, anchors_per_layer, k_why)
         cmap = channel_map(c.layout, K, n_anchors, picked, fields=c.fields, group=c.group)
-        plans.append(LayerPlan(c.name, c.layout, c.channels, n_anchors, c.fields, c.group, c.tensors, c.axis, tuple(cmap), f"{c.why}; {how}"))
+        plans.append(LayerPlan(c.name, c.layout, c.channels, n_anchors, c.fields, c.group, c.tensors, c.axis, tuple(cmap), f"{c.why}; {how}", c.row.background if c.row else "none"))
     return ClassPlan(K, tuple(picked), tuple(plans), tuple(notes))
 
 
@@ -528,6 +534,15 @@ def resample_classes(tree: Tree, classes=None, *, init: str = "gaussian", seed: 
     """
     plan = plan_classes(tree, classes, seed=seed, **options)
     return apply_plan(tree, plan, init=init, seed=seed)
+
+
+def check_init(init: str) -> None:
+    """Refuse an init name that no plan accepts (copy:C is checked against the plan later)."""
+    if init.startswith("copy:"):
+        if not init.split(":", 1)[1].isdigit():
+            raise OperationError(f"--init {init} names no source class", "--init", "use copy:C with C a class index")
+    elif init not in ("gaussian", "zeros", "xavier", "mean"):
+        raise OperationError(f"unknown --init {init!r}", "--init", f"use one of: {', '.join(INITS)}")
 
 
 def _parse_init(init: str, plan: ClassPlan) -> int | None:

@@ -23,13 +23,14 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from .. import dtypes
+from ..conventions import infer_convention
 from ..errors import OperationError
 from ..provenance import record
 from ..report import Report
 from ..tree import KERAS, TORCH, UNKNOWN, Entry, LazySource, Tree
 from .names import rename
 
-__all__ = ["transplant", "KINDS"]
+__all__ = ["transplant", "name_patterns", "KINDS"]
 
 # The report's change kinds, in the order they are counted and listed.
 KINDS = ("copied", "cast", "missing", "unexpected", "mismatched")
@@ -72,30 +73,30 @@ def transplant(
     report.facts.update({kind: len(report.names(kind)) for kind in KINDS})
     if not replace and len(target) and len(pretrained):
         raise _nothing_copied(pretrained, target, report)
-    report.facts["patterns"] = {kind: _patterns(report.names(kind)) for kind in ("missing", "unexpected", "mismatched")}
     if strict:
         _check_strict(report)
     new = target.derive(replace=replace)
     return record(new, "transplant", rules=[[p, r] for p, r in rules] or None, strict=strict or None, **report.facts), report
 
 
-def _with_inferred(tree: Tree, report: Report, side: str) -> Tree:
-    """A tree whose file does not say its layout, in the layout its names show (reported)."""
-    from ..conventions import infer_convention
-
+def _with_inferred(tree: Tree) -> Tree:
+    """A tree whose file does not say its layout, in the layout its names show (if they do)."""
     if tree.convention != UNKNOWN:
         return tree
-    inferred = infer_convention(tree.keys())
-    if inferred.convention == UNKNOWN:
-        return tree
-    report.notes.append(f"{side} is taken as {inferred.convention} layout: {inferred.why}")
-    return tree.derive(convention=inferred.convention)
+    found = infer_convention(tree.keys()).convention
+    return tree if found == UNKNOWN else tree.derive(convention=found)
 
 
 def _same_layout(pretrained: Tree, target: Tree, report: Report, flatten_shapes) -> Tree:
     """PRETRAINED in TARGET's convention, when both are known and differ."""
     known = (KERAS, TORCH)
-    pretrained, target = _with_inferred(pretrained, report, "PRETRAINED"), _with_inferred(target, report, "TARGET")
+    inferred = _with_inferred(pretrained), _with_inferred(target)
+    sides = {t.convention for t in inferred}
+    if KERAS in (pretrained.convention, target.convention) and len(sides) == 2 and sides <= set(known):
+        for side, tree, found in (("PRETRAINED", pretrained, inferred[0]), ("TARGET", target, inferred[1])):
+            if tree.convention != found.convention:
+                report.notes.append(f"{side} is taken as {found.convention} layout: {infer_convention(tree.keys()).why}")
+        pretrained, target = inferred
     if pretrained.convention == target.convention:
         return pretrained
     if pretrained.convention not in known or target.convention not in known:
@@ -192,7 +193,7 @@ def _common_prefix(names: list[str]) -> str:
     return prefix if found and all(n.startswith(prefix) for n in names) else ""
 
 
-def _patterns(names: list[str]) -> list[dict[str, object]]:
+def name_patterns(names: list[str]) -> list[dict[str, object]]:
     """Names grouped by their first component (`fc.*`, `head/*`), largest group first."""
     counts: dict[str, int] = {}
     for name in names:
