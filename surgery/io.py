@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import formats
-from .atomic import atomic_output, check_destination
+from .atomic import atomic_output, check_destination, refuse_stdout
 from .errors import FormatError, OutputError, SurgeryError
 from .tree import Tree
 
@@ -30,9 +30,9 @@ def load(path: str | Path, format: str | None = None, *, key: str | None = None)
         >>> tree["dense/kernel"].shape  # doctest: +SKIP
     """
     path = Path(path)
-    name = format or formats.detect(path)
-    options = _key_option(name, key, path)
     try:
+        name = format or formats.detect(path)
+        options = _key_option(name, key, path)
         return formats.module(name).load(path, **options)
     except SurgeryError:
         raise
@@ -75,11 +75,11 @@ def save(
     path = Path(path)
     name = check_output(tree, path, format, force=force, shard_size=shard_size)
     options = {"shard_size": shard_size} if shard_size is not None else {}
-    with atomic_output(path, directory=shard_size is not None) as tmp:
-        try:
+    try:
+        with atomic_output(path, directory=shard_size is not None) as tmp:
             formats.module(name).save(tree, tmp, progress=progress, **options)
-        except OSError as e:
-            raise OutputError(f"cannot write the output ({e.strerror or e})", str(path), "check free space and permissions") from e
+    except OSError as e:  # named by the destination the user gave, never by our temporary file
+        raise OutputError(f"cannot write the output ({e.strerror or e})", str(path), "check free space and permissions") from e
     return name
 
 
@@ -91,11 +91,18 @@ def check_output(
     Commands call it first so that a dry run fails exactly where the real run would.
     """
     path = Path(path)
+    refuse_stdout(path)
     name = formats.for_output(path, format, sharded=shard_size is not None)
     if not hasattr(formats.module(name), "save"):
         raise OutputError(f"writing {name} files is not available yet", str(path), formats.module(name).CANNOT_WRITE)
     if shard_size is not None and name != "safetensors":
         raise OutputError(f"{name} files cannot be sharded", "--shard-size", "drop --shard-size, or write safetensors")
+    if shard_size is not None and path.suffix.lower() in formats.OUTPUT_SUFFIXES:
+        raise OutputError(
+            "--shard-size writes a folder of shards, but the output is named like a file",
+            str(path),
+            f"name a folder, e.g. -o {path.with_suffix('')}",
+        )
     check_destination(path, tree.source_paths(), force=force)
     check_writable = getattr(formats.module(name), "check_writable", None)
     if check_writable is not None:  # what the format cannot hold is refused before anything is written

@@ -21,7 +21,6 @@ from .common import (
     usage_error,
 )
 
-
 # -- class-axis surgery (subsample, upsample, verify) -------------------------------
 
 

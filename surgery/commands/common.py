@@ -232,6 +232,20 @@ def _capped(items: list) -> tuple[list, str]:
     return list(items[:_LISTED]), f"… and {len(items) - _LISTED} more (--verbose lists all)"
 
 
+def load_input(path: Path, key: str | None = None, quiet: bool = False):
+    """`surgery.io.load`, saying on stderr which state dict a container gave and what was left out."""
+    from ..io import load
+    from ..tree import DROPPED_ON_READ
+
+    tree = load(path, key=key)
+    chosen = tree.metadata.get("surgery.torch_key")
+    if not quiet and chosen and key is None:
+        click.echo(f"note: {path}: read the state dict under {chosen!r} (--key chooses another)", err=True)
+    if not quiet and DROPPED_ON_READ in tree.format_state:
+        click.echo(f"note: {path}: not read: {tree.format_state[DROPPED_ON_READ]}", err=True)
+    return tree
+
+
 def _warn(message: str) -> None:
     """A warning: stderr, one line, shown even with --quiet (it is not part of the summary)."""
     click.echo(f"warning: {message}", err=True)

@@ -19,6 +19,7 @@ from .common import (
     json_option,
     key_option,
     layout_options,
+    load_input,
     name_options,
     output_options,
     quiet_option,
@@ -65,10 +66,10 @@ def convert(
       surgery convert model.h5 -o model.safetensors --layout torch --flatten-shape dense=7,7,64
       surgery convert model.safetensors -o model.h5 --layout keras --rules names.json
     """
-    from ..io import check_output, load
+    from ..io import check_output
     from ..ops import cast_floating
 
-    tree = load(src, key=key)
+    tree = load_input(src, key, quiet or as_json)
     tree, name_reports = _apply_name_options(tree, strip_prefix, drop, keep)
     tree, layout_report = _apply_layout(tree, layout, from_layout, flatten_shapes, rules_file, transposed, depthwise)
     cast_report = None

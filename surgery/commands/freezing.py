@@ -14,12 +14,12 @@ from .common import (
     _printable,
     json_option,
     key_option,
+    load_input,
     output_options,
     quiet_option,
     usage_error,
     verbose_option,
 )
-
 
 # -- freeze maps ---------------------------------------------------------------------
 
@@ -103,14 +103,13 @@ def freeze(src: Path, output: Path, force: bool, dry_run: bool, recipe: str | No
       surgery freeze model.safetensors -o freeze.json --freeze '*' --train 'head.*' --dry-run
     """
     from ..atomic import atomic_output, check_destination
-    from ..io import load
     from ..ops.freeze import freeze_map
 
     mults: dict[str, float] = {}
     for glob, mult in lr_mults:
         if mults.setdefault(glob, mult) != mult:
             raise usage_error(f"--lr-mult {glob!r} is given twice with different values: give each glob once")
-    tree = load(src, key=key)
+    tree = load_input(src, key, quiet or as_json)
     fmap, report = freeze_map(tree, freeze=freeze_globs, train=train_globs, lr_mult=mults, recipe=recipe, head=head_globs, source=str(src))
     check_destination(output, {Path(src), *tree.source_paths()}, force=force)
     document = fmap.to_json()

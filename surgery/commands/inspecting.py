@@ -34,9 +34,8 @@ def inspect(path: Path, filters: tuple[str, ...], as_json: bool, key: str | None
       surgery inspect model.npz --json | jq '.total_bytes'
       surgery inspect checkpoint.pth --key model_ema
     """
-    from ..io import load
-
     from ..conventions import convention_of
+    from ..io import load
 
     tree = load(path, key=key)
     entries = _filtered(tree, filters, path)

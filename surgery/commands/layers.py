@@ -16,11 +16,11 @@ from .common import (
     _write,
     json_option,
     key_option,
+    load_input,
     output_options,
     quiet_option,
     verbose_option,
 )
-
 
 # -- head and layer surgery: strip-head, truncate ------------------------------------
 
@@ -175,10 +175,9 @@ def reinit(src: Path, output: Path, force: bool, dry_run: bool, layer_globs: tup
       surgery reinit vgg16.h5 -o vgg16_new_top.h5 --layers 'fc*' --layers predictions --init xavier_uniform --seed 1
       surgery reinit model.safetensors -o out.safetensors --layers 'head.*' --init normal:0.01 --layout torch
     """
-    from ..io import load
     from ..ops.reinit import reinit as reinit_op
 
-    edited, report = reinit_op(load(src, key=key), layer_globs, init, seed=seed, bias_init=bias_init, layout=layout)
+    edited, report = reinit_op(load_input(src, key, quiet or as_json), layer_globs, init, seed=seed, bias_init=bias_init, layout=layout)
     document = _write_reinit("reinit", src, edited, report, output, force, dry_run, quiet or as_json)
     document.update(seed=seed, tensors=report.facts["tensors"])
     if as_json:
@@ -219,10 +218,9 @@ def adapt_input(src: Path, output: Path, force: bool, dry_run: bool, channels: i
       surgery adapt-input resnet50.pt -o resnet50_gray.safetensors --channels 1
       surgery adapt-input model.weights.h5 -o rgbn.weights.h5 --channels 4 --layer conv1
     """
-    from ..io import load
     from ..ops.reinit import adapt_input as adapt_op
 
-    edited, report = adapt_op(load(src, key=key), channels, layer=layer, layout=layout)
+    edited, report = adapt_op(load_input(src, key, quiet or as_json), channels, layer=layer, layout=layout)
     document = _write_reinit("adapt-input", src, edited, report, output, force, dry_run, quiet or as_json)
     document.update(report.facts)
     if as_json:

@@ -19,6 +19,7 @@ from .common import (
     _write,
     json_option,
     key_option,
+    load_input,
     name_options,
     output_options,
     quiet_option,
@@ -59,13 +60,13 @@ def rename(src: Path, output: Path, force: bool, dry_run: bool, rules: tuple[str
       surgery rename model.h5 -o renamed.h5 --map '^conv(\\d+)_=block\\1_conv_'
       surgery rename model.safetensors -o body.safetensors --drop 'head.*' --drop '*.num_batches_tracked'
     """
-    from ..io import check_output, load
+    from ..io import check_output
     from ..ops.names import apply_names
 
     parsed = _parse_rules(rules)
     if not (parsed or strip_prefix is not None or keep or drop):
         raise usage_error("nothing to rename: give --map REGEX=REPL, --strip-prefix, --keep or --drop")
-    tree, reports = apply_names(load(src, key=key), strip=strip_prefix, keep=keep, drop=drop, rules=parsed)
+    tree, reports = apply_names(load_input(src, key, quiet or as_json), strip=strip_prefix, keep=keep, drop=drop, rules=parsed)
     fmt = check_output(tree, output, force=force)
     document = {"input": str(src), "output": str(output), "format": fmt, "dry_run": dry_run, "tensors": len(tree),
                 **_name_summary(reports), "notes": [n for r in reports for n in r.notes]}
@@ -121,13 +122,13 @@ def transplant(pretrained: Path, target: Path, output: Path, force: bool, dry_ru
       surgery transplant old.pt init.pt -o start.pt --rules names.toml
     """
     from ..atomic import check_destination
-    from ..io import check_output, load
+    from ..io import check_output
     from ..ops.names import strip_prefix as strip
     from ..ops.transplant import transplant as transplant_trees
 
     parsed = _parse_rules(rules) + _rules_from_file(rules_file)
     shapes = _parse_flatten_shapes(flatten_shapes)
-    source, into = load(pretrained, key=key), load(target, key=key)
+    source, into = load_input(pretrained, key, quiet or as_json), load_input(target, key, quiet or as_json)
     stripped = None
     if strip_prefix is not None:
         source, stripped = strip(source, strip_prefix)

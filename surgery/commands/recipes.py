@@ -13,11 +13,11 @@ from .common import (
     _write,
     json_option,
     key_option,
+    load_input,
     output_options,
     quiet_option,
     verbose_option,
 )
-
 
 # -- recipe files: apply ---------------------------------------------------------------
 
@@ -56,11 +56,11 @@ def apply(recipe: Path, src: Path, output: Path, force: bool, dry_run: bool, as_
       surgery apply road.toml ssd300_coco.h5 -o ssd300_road.h5 --dry-run
       surgery apply road.toml ssd300_coco.h5 -o ssd300_road.h5
     """
-    from ..io import check_output, load
+    from ..io import check_output
     from ..recipe import load_recipe, run_recipe
 
     steps = load_recipe(recipe)
-    tree = load(src, key=key)
+    tree = load_input(src, key, quiet or as_json)
     edited, reports = run_recipe(tree, steps)
     fmt = check_output(edited, output, force=force)
     _write("applying", edited, output, fmt, force=force, dry_run=dry_run, quiet=quiet or as_json)
