@@ -25,7 +25,7 @@ import numpy as np
 
 from .. import dtypes
 from ..errors import OperationError
-from ..heads import CLASS_HEADS, HeadPattern
+from ..heads import CLASS_HEADS, HeadPattern, unwrapped
 from ..naming import layer_of, layers, matches
 from ..provenance import record
 from ..report import Report
@@ -321,12 +321,14 @@ def _choose_layers(
         for family in dict.fromkeys(r.family for r in CLASS_HEADS):
             rows = [r for r in CLASS_HEADS if r.family == family]
             for name in all_layers:
-                row = next((r for r in rows if matches(name, r.layers)), None)
+                row = next((r for r in rows if matches(unwrapped(name), r.layers)), None)
                 if row is not None:
-                    glob = next(g for g in row.layers if matches(name, [g]))
+                    glob = next(g for g in row.layers if matches(unwrapped(name), [g]))
                     chosen.append(_Layer(name, row, f"{family} head ({row.role}: {glob})"))
             if chosen:
                 break
+        if not chosen:
+            chosen = _score_layer_from_graph(tree)
         if not chosen:
             raise OperationError(
                 "no classifier layer found",
@@ -336,6 +338,14 @@ def _choose_layers(
     for c in chosen:
         _describe(tree, c, layout, axis, fields, group)
     return chosen
+
+
+def _score_layer_from_graph(tree: Tree) -> list[_Layer]:
+    """The layer strip-head finds from a Keras model graph (the one making the class scores)."""
+    from .strip import score_layer
+
+    found = score_layer(tree)
+    return [_Layer(found[0], None, found[1])] if found else []
 
 
 def _describe(tree: Tree, c: _Layer, layout: str | None, axis: int | None, fields: int | None, group: int | None) -> None:

@@ -28,13 +28,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import OperationError
-from ..heads import PASS_THROUGH_LAYERS, TOPS, TOPS_ON_REQUEST
+from ..heads import PASS_THROUGH_LAYERS, TOPS, TOPS_ON_REQUEST, unwrapped
 from ..naming import layer_of, matches
 from ..provenance import record
 from ..report import Report
 from ..tree import DROPPED_ON_READ, Entry, Tree
 
-__all__ = ["HeadMatch", "detect_head", "strip_head", "truncate", "layer_order", "FAMILIES"]
+__all__ = ["HeadMatch", "detect_head", "score_layer", "strip_head", "truncate", "layer_order", "FAMILIES"]
 
 FAMILIES = tuple(dict.fromkeys(p.family for p in TOPS))
 
@@ -195,6 +195,22 @@ def _head_from_graph(tree: Tree, by_layer: dict[str, list[str]]) -> HeadMatch | 
     return HeadMatch(layers, tensors, f"model_config: output {steps}")
 
 
+def score_layer(tree: Tree) -> tuple[str, str] | None:
+    """The weighted layer that makes a Keras full model's class scores, and why; None when the graph does not tell.
+
+    strip-head and class surgery (subsample, upsample) both find the head with it.
+    """
+    graph = _Graph.parse(tree.metadata.get("model_config"))
+    by_layer = _tensors_by_layer(tree)
+    if graph is None or len(graph.outputs) != 1:
+        return None
+    path = _walk_to_scores(graph, graph.outputs[0], by_layer)
+    if path is None:
+        return None
+    steps = " <- ".join(f"{name} ({graph.classes.get(name, '?')})" for name in path)
+    return path[-1], f"model_config: output {steps}"
+
+
 def _walk_to_scores(graph: _Graph, output: str, by_layer: dict[str, list[str]]) -> list[str] | None:
     """Output back through weightless pass-through layers to the weighted layer making the scores."""
     path, name = [], output
@@ -235,7 +251,7 @@ def _head_from_table(order: list[str], by_layer: dict[str, list[str]], family: s
     if len(candidates) == 1 and candidates[0].at_end:
         chosen = candidates[0]
         tensors = tuple(t for layer in chosen.layers for t in by_layer.get(layer, ()))
-        return HeadMatch(chosen.layers, tensors, f"table TOPS, {'/'.join(chosen.families)} top: {', '.join(chosen.layers)}")
+        return HeadMatch(chosen.layers, tensors, f"known {'/'.join(chosen.families)} top: {', '.join(chosen.layers)}")
     if candidates:
         listed = "; ".join(c.describe() for c in candidates)
         raise OperationError(
@@ -271,7 +287,7 @@ def _match_top(globs: tuple[str, ...], at_the_end: bool, order: list[str], by_la
     A classifier top runs from its first matched layer to the end of the order (weightless
     layers in between go with it); it counts only if it carries weights.
     """
-    matched = [layer for layer in order if matches(layer, globs)]
+    matched = [layer for layer in order if matches(unwrapped(layer), globs)]
     if not any(layer in by_layer for layer in matched):
         return None
     if not at_the_end:
