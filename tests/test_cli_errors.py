@@ -9,10 +9,10 @@ from __future__ import annotations
 import errno
 
 import pytest
-
-import surgery
 from conftest import FIXTURES
 from helpers import error_line, leftovers, run
+
+import surgery
 from surgery.tree import Entry
 
 TINY = FIXTURES / "tiny.safetensors"
