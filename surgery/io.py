@@ -27,7 +27,8 @@ def load(path: str | Path, format: str | None = None, *, key: str | None = None)
 
     Example:
         >>> tree = load("fixtures/tiny.safetensors")  # doctest: +SKIP
-        >>> tree["dense/kernel"].shape  # doctest: +SKIP
+        >>> tree["classifier.weight"].shape  # doctest: +SKIP
+        (10, 8)
     """
     path = Path(path)
     try:

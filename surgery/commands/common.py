@@ -239,7 +239,7 @@ def load_input(path: Path, key: str | None = None, quiet: bool = False):
 
     tree = load(path, key=key)
     chosen = tree.metadata.get("surgery.torch_key")
-    if not quiet and chosen and key is None:
+    if not quiet and chosen and key is None and tree.format == "torch":  # outputs keep the key as metadata
         click.echo(f"note: {path}: read the state dict under {chosen!r} (--key chooses another)", err=True)
     if not quiet and DROPPED_ON_READ in tree.format_state:
         click.echo(f"note: {path}: not read: {tree.format_state[DROPPED_ON_READ]}", err=True)
