@@ -220,6 +220,11 @@ def test_foreign_objects_beside_the_state_dict_are_skipped_with_key_and_never_ru
     assert "not read: 'hyper_parameters' (holds posix.system: skipped, not unpickled)" in result.stdout.splitlines()
     tree = surgery.load(path, key="state_dict")
     assert torch.equal(torch.from_numpy(tree["weight"].read()), net.weight.detach())
+    hidden = tmp_path / "hidden.pt"  # deep inside the state dict itself: refused, with or without --key
+    torch.save({"state_dict": {**net.state_dict(), "extra": [{"x": _Payload(canary)}]}}, hidden)
+    for key in (None, "state_dict"):
+        with pytest.raises(surgery.errors.UnsafeFileError):
+            surgery.load(hidden, key=key)
     assert not canary.exists()
 
 

@@ -235,7 +235,7 @@ def verify(original: Path, edited: Path, as_json: bool, key: str | None = None, 
 
     tree, after = load(original, key=key), load(edited, key=key)
     if class_args["classes"] is None and class_args["num_classes"] is None:
-        class_args["classes"] = _recorded_classes(after, edited)
+        class_args.update(classes=_recorded_classes(after, edited), allow_duplicates=True)  # the edit's own list
     rows = verify_plan(tree, after, _plan(tree, **class_args))
     worst = max((row["max_abs_diff"] for row in rows), default=0.0)
     if as_json:

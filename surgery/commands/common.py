@@ -198,7 +198,6 @@ def _print_layout_summary(report) -> None:
 # -- names: rename, transplant ------------------------------------------------------
 
 
-
 def _name_summary(reports: list) -> dict:
     """What --strip-prefix, --keep and --drop (and --map) did, for a command's summary."""
     changes = [c for report in reports for c in report.changes]

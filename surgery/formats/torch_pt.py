@@ -543,11 +543,16 @@ def _state_dict(obj: Any, key: str | None, where: str, refused: list[str]) -> tu
     """The dict that holds the tensors, and the container key it was under ("" for the top).
 
     Placeholders for refused globals may sit beside the state dict (a Lightning checkpoint's
-    hyper_parameters): with --key they are skipped, without it the first is refused by name
-    and the fix names the key that reads without it. Inside the state dict they are refused.
+    hyper_parameters): with --key they are skipped (and reported), without it the first is
+    refused by name, and the fix names the key that reads without it. Anywhere inside the
+    chosen state dict they are refused.
     """
     if isinstance(obj, _Refused):
         raise _refusal(obj.name, where)
+    if key is None and refused:
+        found = [k for k in _containers(obj) if not _refused_in(obj[k])]
+        fix = f"surgery never runs a checkpoint's code; its state dict {found[0]!r} reads without it: pass --key {found[0]}" if found else ""
+        raise _refusal(refused[0], where, fix)
     if key is not None:
         holder = _keyed(obj, key, where)
     elif _tensors(obj):
@@ -555,16 +560,12 @@ def _state_dict(obj: Any, key: str | None, where: str, refused: list[str]) -> tu
     else:
         found = _containers(obj)
         if not found:
-            if refused:
-                raise _refusal(refused[0], where)
             raise FormatError("no state dict of tensors found in the checkpoint", where, "pass --key NAME for the entry that holds it")
         key = found[0]
-        if refused:
-            raise _refusal(refused[0], where, f"surgery never runs a checkpoint's code; its state dict {key!r} reads without it: pass --key {key}")
         holder = obj[key]
-    inside = next((v for v in holder.values() if isinstance(v, _Refused)), None)
-    if inside is not None:
-        raise _refusal(inside.name, where)
+    inside = _refused_in(holder)
+    if inside:
+        raise _refusal(inside[0], where)
     return holder, key
 
 
