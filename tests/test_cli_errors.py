@@ -49,6 +49,14 @@ CASES = [
      "error: nothing to rename: give --map REGEX=REPL, --strip-prefix, --keep or --drop; see 'surgery rename --help'", 2),
     (["convert", "{tiny}", "-o", "{out}.safetensors", "--rules", "{tiny}"],
      "error: --rules only applies with --layout: add --layout torch or --layout keras; see 'surgery convert --help'", 2),
+    (["convert", "{ssd}", "-o", "{out}.pt", "--layout", "torch", "--flatten-shape", "dense=7,7"],
+     "error: invalid value for '--flatten-shape': --flatten-shape 'dense=7,7' is not LAYER=H,W,C; write e.g. "
+     "--flatten-shape dense=7,7,64; see 'surgery convert --help'", 2),
+    (["transplant", "{tiny}", "{tiny}", "-o", "{out}.safetensors", "--map", "(=x"],
+     "error: invalid value for '--map': bad regex '(': missing ), unterminated subpattern; write REGEX=REPL, "
+     "e.g. 'module\\.(.*)=\\1'; a literal '=' in the regex is written \\=; see 'surgery transplant --help'", 2),
+    (["freeze", "{tiny}", "-o", "{out}.json", "--lr-mult", "fc.*=2", "--lr-mult", "fc.*=3"],
+     "error: --lr-mult 'fc.*' is given twice with different values: give each glob once; see 'surgery freeze --help'", 2),
     # -- user errors: the command is well formed but cannot be done (exit 1) --
     (["convert", "{tiny}", "-o", "-"],
      "error: surgery does not write checkpoints to standard output (-o -); name an output file, e.g. -o out.safetensors", 1),

@@ -398,7 +398,9 @@ def test_cli_bad_flatten_shape(tmp_path, keras_file):
         "give the shape of the Flatten's input, H,W,C in Keras order (model.summary() shows it)"
     )
     result = run("convert", keras_file, "-o", tmp_path / "t.safetensors", "--layout", "torch", "--flatten-shape", "7,7,64")
-    assert error_line(result) == "error: --flatten-shape '7,7,64' is not LAYER=H,W,C (--flatten-shape); write e.g. --flatten-shape dense=7,7,64"
+    assert result.exit_code == 2
+    assert error_line(result) == ("error: invalid value for '--flatten-shape': --flatten-shape '7,7,64' is not LAYER=H,W,C; "
+                                  "write e.g. --flatten-shape dense=7,7,64; see 'surgery convert --help'")
 
 
 def test_cli_unknown_layout_is_a_usage_error(tmp_path, keras_file):

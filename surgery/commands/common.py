@@ -119,6 +119,8 @@ def _progress(label: str, total: int, quiet: bool):
 
 def _write(label: str, tree, output: Path, fmt: str, *, force: bool, dry_run: bool, quiet: bool, shard_size: int | None = None) -> None:
     """Save `tree` atomically with a progress bar, unless this is a dry run."""
+    if fmt == "npz" and tree.metadata and not quiet:
+        click.echo(f"note: npz keeps no metadata or provenance ({len(tree.metadata)} keys not written); write .safetensors to keep them", err=True)
     if dry_run:
         return
     from ..io import save
@@ -144,12 +146,18 @@ def _printable(name: str) -> str:
     return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in name)
 
 
+def _check_flatten_shape(text: str) -> None:
+    from ..ops.layout import parse_flatten_shape
+
+    parse_flatten_shape(text)
+
+
 def layout_options(f: Callable) -> Callable:
     """--layout and what it needs: --from-layout, --flatten-shape, --rules, --transposed, --depthwise."""
     options = [
         click.option("--layout", type=click.Choice(["torch", "keras"]), help="Move the weights to PyTorch (torch) or Keras (keras) layout: conv kernels HWIO<->OIHW (1-3 D, depthwise, transposed), Dense (in,out)<->(out,in), names layer/kernel<->layer.weight, BatchNorm gamma/beta/moving_*<->weight/bias/running_* (+num_batches_tracked), PReLU alpha<->weight."),
         click.option("--from-layout", type=click.Choice(["torch", "keras"]), help="The layout SRC is in, when the file does not say (a safetensors file without format=pt)."),
-        click.option("--flatten-shape", "flatten_shapes", multiple=True, metavar="LAYER=H,W,C", help="The first Dense after a Flatten: its Keras layer name and the Flatten's input shape in Keras order (e.g. dense=7,7,64), in both directions; its inputs are reordered NHWC<->NCHW (repeatable)."),
+        click.option("--flatten-shape", "flatten_shapes", multiple=True, type=Checked("LAYER=H,W,C", _check_flatten_shape), help="The first Dense after a Flatten: its Keras layer name and the Flatten's input shape in Keras order (e.g. dense=7,7,64), in both directions; its inputs are reordered NHWC<->NCHW (repeatable)."),
         click.option("--rules", "rules_file", type=click.Path(path_type=Path, dir_okay=False), metavar="FILE", help='Rename rules applied in order after the default mapping: a JSON list of [regex, replacement] pairs, [["^conv2d_1\\\\.", "features.0."]], or TOML: rules = [["^conv2d_1\\\\.", "features.0."]] (.toml).'),
         click.option("--transposed", multiple=True, metavar="GLOB", help="Layers of SRC that are transposed convs (Conv2DTranspose/ConvTranspose2d), when no Keras model_config says so (repeatable)."),
         click.option("--depthwise", multiple=True, metavar="GLOB", help="Layers of SRC that are depthwise convs (torch Conv2d with groups=in), when nothing else says so (repeatable)."),

@@ -10,6 +10,7 @@ from .common import (
     _MAP_HELP,
     Checked,
     _capped,
+    _check_flatten_shape,
     _first,
     _name_summary,
     _parse_flatten_shapes,
@@ -96,7 +97,7 @@ def _print_rename(document: dict) -> None:
 @click.option("--rules", "rules_file", type=click.Path(path_type=Path, dir_okay=False), metavar="FILE", help="More rename rules for PRETRAINED's names, after --map: a JSON list of [regex, replacement] pairs, or TOML rules = [[...]] (.toml), as `surgery convert --rules`.")
 @click.option("--strip-prefix", metavar="PREFIX", help="Remove PREFIX from PRETRAINED's names first, e.g. 'module.'.")
 @click.option("--strict", is_flag=True, help="Fail unless every tensor matches by name and shape, both ways.")
-@click.option("--flatten-shape", "flatten_shapes", multiple=True, metavar="LAYER=H,W,C", help="Keras layouts only: the Dense after a Flatten and the Flatten's input shape (see `surgery convert --help`).")
+@click.option("--flatten-shape", "flatten_shapes", multiple=True, type=Checked("LAYER=H,W,C", _check_flatten_shape), help="Keras layouts only: the Dense after a Flatten and the Flatten's input shape (see `surgery convert --help`).")
 @key_option
 @json_option
 @quiet_option

@@ -176,7 +176,7 @@ def channel_map(
         every = tuple(range(K))
         out.extend(every if c is None else c for c in classes)
     else:
-        raise OperationError(f"unknown layout {layout!r}", "--layout", f"use one of: {', '.join(LAYOUTS)}")
+        raise OperationError(f"unknown layout {layout!r}", "--class-layout", f"use one of: {', '.join(LAYOUTS)}")
     return out
 
 
@@ -479,9 +479,9 @@ def _anchor_reason(c: _Layer, n_anchors: int, K: int, anchors: int | None, per_l
 
 def _what_fits(c: _Layer) -> str:
     if c.layout == "plain":
-        return f"pass --source-classes {c.channels}, or --layout if this layer is not a plain classifier"
+        return f"pass --source-classes {c.channels}, or --class-layout if this layer is not a plain classifier"
     if c.layout == "class-major":
-        return f"its channel count must be {c.group} × classes; check --layout and --source-classes"
+        return f"its channel count must be {c.group} × classes; check --class-layout and --source-classes"
     options = [a for a in range(1, min(c.channels, 64) + 1) if _classes_in(c.layout, c.channels, a, c.fields, c.group)]
     pairs = ", ".join(f"{a} anchors × {_classes_in(c.layout, c.channels, a, c.fields, c.group)} classes" for a in options[:8])
     return f"values that fit {c.channels} channels: {pairs}; pass --anchors {c.name}=A or --source-classes K"
