@@ -16,6 +16,7 @@ from .common import (
     _write,
     json_option,
     key_option,
+    load_input,
     output_options,
     quiet_option,
     usage_error,
@@ -102,7 +103,7 @@ def _class_command(kind: str, src: Path, output: Path, force: bool, dry_run: boo
     from ..ops.classes import apply_plan, verify
     from ..tree import DROPPED_ON_READ
 
-    tree = load(src, key=key)
+    tree = load_input(src, key, quiet or as_json, left_out=False)  # the report's notes say what was left out
     plan = _plan(tree, **class_args)
     _warn_about_selection(plan)
     if kind == "subsample" and plan.adds_classes:

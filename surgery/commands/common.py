@@ -239,8 +239,9 @@ def _capped(items: list) -> tuple[list, str]:
     return list(items[:_LISTED]), f"… and {len(items) - _LISTED} more (--verbose lists all)"
 
 
-def load_input(path: Path, key: str | None = None, quiet: bool = False):
-    """`surgery.io.load`, saying on stderr which state dict a container gave and what was left out."""
+def load_input(path: Path, key: str | None = None, quiet: bool = False, *, left_out: bool = True):
+    """`surgery.io.load`, saying on stderr which state dict a container gave and (unless the
+    command reports it itself: `left_out=False`) what the reader left out."""
     from ..io import load
     from ..tree import DROPPED_ON_READ
 
@@ -248,7 +249,7 @@ def load_input(path: Path, key: str | None = None, quiet: bool = False):
     chosen = tree.metadata.get("surgery.torch_key")
     if not quiet and chosen and key is None and tree.format == "torch":  # outputs keep the key as metadata
         click.echo(f"note: {path}: read the state dict under {chosen!r} (--key chooses another)", err=True)
-    if not quiet and DROPPED_ON_READ in tree.format_state:
+    if not quiet and left_out and DROPPED_ON_READ in tree.format_state:
         click.echo(f"note: {path}: not read: {tree.format_state[DROPPED_ON_READ]}", err=True)
     return tree
 

@@ -27,9 +27,9 @@ from .common import (
 
 def _layer_command(kind: str, src: Path, output: Path, force: bool, dry_run: bool, as_json: bool, quiet: bool, edit: Callable, key: str | None = None) -> None:
     """Shared by strip-head and truncate: load, edit, check the output, write unless --dry-run, report."""
-    from ..io import check_output, load
+    from ..io import check_output
 
-    tree = load(src, key=key)
+    tree = load_input(src, key, quiet or as_json, left_out=False)  # the report's notes say what was left out
     edited, report = edit(tree)
     fmt = check_output(edited, output, force=force)
     _write(kind, edited, output, fmt, force=force, dry_run=dry_run, quiet=quiet or as_json)
