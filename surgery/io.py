@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Callable
 
@@ -80,7 +81,8 @@ def save(
         with atomic_output(path, directory=shard_size is not None) as tmp:
             formats.module(name).save(tree, tmp, progress=progress, **options)
     except OSError as e:  # named by the destination the user gave, never by our temporary file
-        raise OutputError(f"cannot write the output ({e.strerror or e})", str(path), "check free space and permissions") from e
+        detail = e.strerror or re.sub(re.escape(f".{path.name}.tmp-") + "[0-9a-f]+", path.name, str(e))
+        raise OutputError(f"cannot write the output ({detail})", str(path), "check free space and permissions") from e
     return name
 
 

@@ -144,3 +144,17 @@ def test_a_library_error_keeps_its_fields():
     with pytest.raises(surgery.errors.OperationError) as e:
         surgery.ops.classes.parse_classes("a,b")
     assert (e.value.what, e.value.where) == ("'a' is not a class index", "--classes")
+
+
+def test_a_library_message_that_names_the_temporary_file_names_the_destination(tmp_path, monkeypatch):
+    from surgery.formats import safetensors_io
+
+    def h5py_like(tree, tmp, **_options):  # h5py raises OSError without strerror, naming the file it opened
+        raise OSError(f"Unable to create file (unable to open file: name = '{tmp}', errno = 30)")
+
+    monkeypatch.setattr(safetensors_io, "save", h5py_like)
+    out = tmp_path / "out.safetensors"
+    assert error_line(run("convert", TINY, "-o", out)) == (
+        f"error: cannot write the output (Unable to create file (unable to open file: name = '{out}', errno = 30)) "
+        f"({out}); check free space and permissions"
+    )
