@@ -372,3 +372,23 @@ def test_quiet_help_says_where_output_goes(tmp_path):
     )
     result = run("convert", TINY, "-o", tmp_path / "o.safetensors")
     assert result.stdout.startswith("wrote ") and result.stderr == ""
+
+
+def test_a_transplant_whose_shared_names_all_differ_in_shape_is_an_error(tmp_path):
+    pre, target = tmp_path / "pre.safetensors", tmp_path / "target.safetensors"
+    surgery.save(Tree([Entry.from_array("fc.weight", np.zeros((10, 8), "float32"))]), pre)
+    surgery.save(Tree([Entry.from_array("fc.weight", np.zeros((3, 8), "float32"))]), target)
+    assert error_line(run("transplant", pre, target, "-o", tmp_path / "o.safetensors")) == (
+        "error: transplant would copy no tensor: every one of the 1 names the two share differs in shape "
+        "(first: 'fc.weight', [10, 8] in PRETRAINED, [3, 8] in TARGET) (PRETRAINED); check that both checkpoints are the same architecture"
+    )
+
+
+def test_the_load_docstring_example_names_a_tensor_the_fixture_has():
+    import doctest
+
+    from surgery import io
+
+    example = doctest.DocTestParser().get_examples(io.load.__doc__)
+    assert [e.source.strip() for e in example][1] == 'tree["classifier.weight"].shape  # doctest: +SKIP'
+    assert surgery.load(TINY)["classifier.weight"].shape == eval(example[1].want)  # noqa: S307 - our own docstring

@@ -162,8 +162,8 @@ def _nothing_copied(pretrained: Tree, target: Tree, report: Report) -> Operation
     if report.names("mismatched"):
         first = report.names("mismatched")[0]
         return OperationError(
-            f"transplant would copy no tensor: the {len(report.names('mismatched'))} names both have differ in shape "
-            f"(first: {first!r} {pretrained[first].shape} in PRETRAINED, {target[first].shape} in TARGET)",
+            f"transplant would copy no tensor: every one of the {len(report.names('mismatched'))} names the two share "
+            f"differs in shape (first: {first!r}, {_shape(pretrained[first].shape)} in PRETRAINED, {_shape(target[first].shape)} in TARGET)",
             "PRETRAINED",
             "check that both checkpoints are the same architecture",
         )
