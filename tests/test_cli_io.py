@@ -218,9 +218,9 @@ def test_root_launcher_and_help_without_torch():
 
 
 def test_progress_is_silent_off_terminal(tmp_path):
-    result = run("convert", TINY, "-o", tmp_path / "o.npz", "--dtype", "float32")
+    result = run("convert", TINY, "-o", tmp_path / "o.safetensors")
     assert result.stderr == ""
-    assert result.stdout.startswith(f"wrote {tmp_path / 'o.npz'} (npz, 11 tensors")
+    assert result.stdout.startswith(f"wrote {tmp_path / 'o.safetensors'} (safetensors, 11 tensors")
 
 
 def test_kernel_copy_refused_falls_back_to_python_copy(tmp_path, monkeypatch):
