@@ -182,33 +182,39 @@ def _head_from_globs(tree: Tree, globs: Sequence[str]) -> HeadMatch:
 
 def _head_from_graph(tree: Tree, by_layer: dict[str, list[str]]) -> HeadMatch | None:
     """A Keras full model's head, read from its model_config; None when the graph does not tell."""
-    graph = _Graph.parse(tree.metadata.get("model_config"))
-    if graph is None or len(graph.outputs) != 1:
+    found = _path_to_scores(tree, by_layer)
+    if found is None:
         return None
-    path = _walk_to_scores(graph, graph.outputs[0], by_layer)
-    if path is None:
-        return None
-    path += _named_tops_before(graph, path[-1])
+    graph, path = found
+    path = path + _named_tops_before(graph, path[-1])
     layers = tuple(layer for layer in graph.order if layer in set(path))
     tensors = tuple(t for layer in layers for t in by_layer.get(layer, ()))
-    steps = " <- ".join(f"{name} ({graph.classes.get(name, '?')})" for name in path)
-    return HeadMatch(layers, tensors, f"model_config: output {steps}")
+    return HeadMatch(layers, tensors, _describe_path(graph, path))
 
 
 def score_layer(tree: Tree) -> tuple[str, str] | None:
     """The weighted layer that makes a Keras full model's class scores, and why; None when the graph does not tell.
 
-    strip-head and class surgery (subsample, upsample) both find the head with it.
+    strip-head (`detect_head`) and class surgery (subsample, upsample) find the head with the same walk.
     """
+    found = _path_to_scores(tree, _tensors_by_layer(tree))
+    if found is None:
+        return None
+    graph, path = found
+    return path[-1], _describe_path(graph, path)
+
+
+def _path_to_scores(tree: Tree, by_layer: dict[str, list[str]]) -> tuple[_Graph, list[str]] | None:
     graph = _Graph.parse(tree.metadata.get("model_config"))
-    by_layer = _tensors_by_layer(tree)
     if graph is None or len(graph.outputs) != 1:
         return None
     path = _walk_to_scores(graph, graph.outputs[0], by_layer)
-    if path is None:
-        return None
+    return None if path is None else (graph, path)
+
+
+def _describe_path(graph: _Graph, path: list[str]) -> str:
     steps = " <- ".join(f"{name} ({graph.classes.get(name, '?')})" for name in path)
-    return path[-1], f"model_config: output {steps}"
+    return f"model_config: output {steps}"
 
 
 def _walk_to_scores(graph: _Graph, output: str, by_layer: dict[str, list[str]]) -> list[str] | None:
