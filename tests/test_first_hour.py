@@ -218,6 +218,8 @@ def test_foreign_objects_beside_the_state_dict_are_skipped_with_key_and_never_ru
     result = run("inspect", path, "--key", "state_dict")
     assert result.exit_code == 0, result.stderr
     assert "not read: 'hyper_parameters' (holds posix.system: skipped, not unpickled)" in result.stdout.splitlines()
+    document = json.loads(run("inspect", path, "--key", "state_dict", "--json").stdout)
+    assert document["not_read"] == "'hyper_parameters' (holds posix.system: skipped, not unpickled)"
     tree = surgery.load(path, key="state_dict")
     assert torch.equal(torch.from_numpy(tree["weight"].read()), net.weight.detach())
     hidden = tmp_path / "hidden.pt"  # deep inside the state dict itself: refused, with or without --key

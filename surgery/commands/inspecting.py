@@ -36,6 +36,7 @@ def inspect(path: Path, filters: tuple[str, ...], as_json: bool, key: str | None
     """
     from ..conventions import convention_of
     from ..io import load
+    from ..tree import DROPPED_ON_READ
 
     tree = load(path, key=key)
     entries = _filtered(tree, filters, path)
@@ -55,6 +56,7 @@ def inspect(path: Path, filters: tuple[str, ...], as_json: bool, key: str | None
                 ],
                 "total_bytes": total,
                 "metadata": tree.metadata,
+                **({"not_read": tree.format_state[DROPPED_ON_READ]} if DROPPED_ON_READ in tree.format_state else {}),
             }
         )
         return
@@ -93,6 +95,7 @@ def _filtered(tree, filters: tuple[str, ...], path: Path) -> list:
 
 def _print_table(tree, entries: list, total: int, parameters: int, convention) -> None:
     from ..sizes import format_size
+    from ..tree import DROPPED_ON_READ
 
     rows = [(_printable(e.name), "[" + ", ".join(map(str, e.shape)) + "]", e.dtype, format_size(e.nbytes)) for e in entries]
     headers = ("name", "shape", "dtype", "size")
@@ -108,8 +111,6 @@ def _print_table(tree, entries: list, total: int, parameters: int, convention) -
     )
     for key, value in tree.metadata.items():
         click.echo(f"metadata {_printable(key)} = {_shortened(_printable(value))}")
-    from ..tree import DROPPED_ON_READ
-
     if DROPPED_ON_READ in tree.format_state:
         click.echo(f"not read: {tree.format_state[DROPPED_ON_READ]}")
 
