@@ -394,3 +394,16 @@ def test_the_load_docstring_example_names_a_tensor_the_fixture_has():
     example = doctest.DocTestParser().get_examples(io.load.__doc__)
     assert [e.source.strip() for e in example][1] == 'tree["classifier.weight"].shape  # doctest: +SKIP'
     assert surgery.load(TINY)["classifier.weight"].shape == eval(example[1].want)  # noqa: S307 - our own docstring
+
+
+@pytest.mark.interop
+def test_key_chooses_pretrained_s_state_dict_in_transplant(tmp_path):
+    import torch
+
+    net, ema = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    ckpt, init, out = tmp_path / "train.pt", tmp_path / "init.safetensors", tmp_path / "start.safetensors"
+    torch.save({"model": net.state_dict(), "model_ema": ema.state_dict()}, ckpt)
+    surgery.save(Tree([Entry.from_array(k, np.zeros(tuple(v.shape), "float32")) for k, v in net.state_dict().items()]), init)
+    result = run("transplant", ckpt, init, "-o", out, "--key", "model_ema", "--strict", "-q")
+    assert result.exit_code == 0, result.stderr
+    assert torch.equal(torch.from_numpy(surgery.load(out)["weight"].read()), ema.weight.detach())

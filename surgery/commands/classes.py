@@ -234,7 +234,7 @@ def verify(original: Path, edited: Path, as_json: bool, key: str | None = None, 
     from ..io import load
     from ..ops.classes import verify as verify_plan
 
-    tree, after = load(original, key=key), load(edited, key=key)
+    tree, after = load(original, key=key), load(edited)  # --key: ORIGINAL's; EDITED is what surgery wrote
     if class_args["classes"] is None and class_args["num_classes"] is None:
         class_args.update(classes=_recorded_classes(after, edited), allow_duplicates=True)  # the edit's own list
     rows = verify_plan(tree, after, _plan(tree, **class_args))

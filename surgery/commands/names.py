@@ -113,6 +113,7 @@ def transplant(pretrained: Path, target: Path, output: Path, force: bool, dry_ru
     lists copied, missing (TARGET only), unexpected (PRETRAINED only) and
     mismatched (same name, other shape) tensors. A Keras PRETRAINED and a
     PyTorch TARGET (or the reverse) are converted between layouts first.
+    --key chooses the state dict inside PRETRAINED (a training checkpoint).
 
     \b
     Examples:
@@ -129,7 +130,7 @@ def transplant(pretrained: Path, target: Path, output: Path, force: bool, dry_ru
 
     parsed = _parse_rules(rules) + _rules_from_file(rules_file)
     shapes = _parse_flatten_shapes(flatten_shapes)
-    source, into = load_input(pretrained, key, quiet or as_json), load_input(target, key, quiet or as_json)
+    source, into = load_input(pretrained, key, quiet or as_json), load_input(target, None, quiet or as_json)  # --key: PRETRAINED's
     stripped = None
     if strip_prefix is not None:
         source, stripped = strip(source, strip_prefix)
