@@ -16,12 +16,13 @@ from pathlib import Path
 from .errors import OutputError
 from .tree import same_file
 
-__all__ = ["atomic_output", "check_destination"]
+__all__ = ["atomic_output", "check_destination", "refuse_stdout"]
 
 
 def check_destination(dst: Path, inputs: Iterable[Path], *, force: bool) -> None:
     """Refuse a destination that exists (without force) or that is, or holds, an input."""
     dst = Path(dst)
+    refuse_stdout(dst)
     for src in inputs:
         if same_file(dst, src) or _inside(Path(src), dst):
             raise OutputError(
@@ -40,6 +41,12 @@ def check_destination(dst: Path, inputs: Iterable[Path], *, force: bool) -> None
             )
     if not dst.parent.exists():
         raise OutputError("the output's folder does not exist", str(dst.parent), "create it first")
+
+
+def refuse_stdout(dst: Path) -> None:
+    """Unix tools read `-o -` as stdout; checkpoints are written to files, never there."""
+    if str(dst) == "-":
+        raise OutputError("surgery does not write checkpoints to standard output", "-o -", "name an output file, e.g. -o out.safetensors")
 
 
 def _inside(path: Path, folder: Path) -> bool:

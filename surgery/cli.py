@@ -15,7 +15,9 @@ import click
 from ._version import __version__
 from .errors import SurgeryError
 
-# -- errors: one line on stderr, exit 1; click's usage errors keep exit 2 -------------
+# -- errors: one line on stderr; exit 1 for user errors, 2 for usage errors, 130 for Ctrl-C ---
+
+INTERRUPTED = 130  # 128 + SIGINT, as shells report a command stopped by Ctrl-C
 
 
 class _UserError(click.ClickException):
@@ -25,11 +27,58 @@ class _UserError(click.ClickException):
         click.echo(f"error: {self.message}", err=True)
 
 
+class _Interrupted(click.ClickException):
+    exit_code = INTERRUPTED
+    LINE = "error: interrupted (Ctrl-C); nothing was written, and no temporary file is left"
+
+    def __init__(self) -> None:
+        super().__init__("interrupted")
+
+    def show(self, file: Any = None) -> None:
+        click.echo(self.LINE, err=True)
+
+
+def usage_line(e: click.UsageError) -> str:
+    """Click's usage error as our one line: what, then where to read the command's help."""
+    message = " ".join(e.format_message().split()).rstrip(".")
+    message = message[:1].lower() + message[1:]
+    command, ctx = [], e.ctx
+    while ctx is not None and ctx.parent is not None:  # the root's name is how it was started (python -m ...)
+        command.insert(0, ctx.info_name or "")
+        ctx = ctx.parent
+    return f"error: {message}; see '{' '.join(['surgery', *command, '--help'])}'"
+
+
 class SurgeryGroup(click.Group):
     """Turns every SurgeryError (and OS-level I/O failures) into the one-line error format."""
 
-    def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple[str | None, click.Command | None, list[str]]:
-        name, command, rest = super().resolve_command(ctx, args)
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None, standalone_mode: bool = True, **extra: Any) -> Any:
+        """Click's main, with its usage block replaced by our one-line errors."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as e:
+            click.echo(usage_line(e), err=True)
+            sys.exit(e.exit_code)
+        except click.ClickException as e:
+            e.show()
+            sys.exit(e.exit_code)
+        except click.Abort:
+            click.echo(_Interrupted.LINE, err=True)
+            sys.exit(INTERRUPTED)
+        sys.exit(result if isinstance(result, int) else 0)
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
+        """An unknown command gets the nearest names, on the same one line; list options take @FILE."""
+        try:
+            name, command, rest = super().resolve_command(ctx, args)
+        except click.UsageError as e:
+            import difflib
+
+            near = difflib.get_close_matches(args[0], self.list_commands(ctx), n=3) if args else []
+            hint = f"; did you mean {' or '.join(near)}" if near else ""
+            raise click.UsageError(f"no such command {args[0]!r}{hint}" if args else str(e), ctx) from None
         if command is not None:
             from .commands.at_files import expand
 
@@ -41,6 +90,9 @@ class SurgeryGroup(click.Group):
             return super().invoke(ctx)
         except SurgeryError as e:
             raise _UserError(e.one_line()) from e
+        except KeyboardInterrupt:
+            # Caught here, before click prints its blank line and `Aborted!`.
+            raise _Interrupted() from None
         except BrokenPipeError:
             # The reader went away (`surgery inspect big.h5 | head`): stop quietly, as Unix tools do.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -53,7 +105,7 @@ class SurgeryGroup(click.Group):
 # -- the command group ---------------------------------------------------------------
 
 
-@click.group(cls=SurgeryGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group("surgery", cls=SurgeryGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, "-V", "--version", prog_name="surgery")
 def main() -> None:
     """Model surgery and weight conversion for fine-tuning.

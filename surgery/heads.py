@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["HeadPattern", "CLASS_HEADS", "TOPS", "TOPS_ON_REQUEST", "PASS_THROUGH_LAYERS"]
+__all__ = ["HeadPattern", "CLASS_HEADS", "TOPS", "TOPS_ON_REQUEST", "PASS_THROUGH_LAYERS", "WRAPPER_PREFIXES", "unwrapped"]
 
 
 @dataclass(frozen=True)
@@ -75,3 +75,18 @@ PASS_THROUGH_LAYERS: tuple[str, ...] = (
     "Activation", "Softmax", "ReLU", "Dropout", "SpatialDropout*", "GaussianDropout", "AlphaDropout",
     "Flatten", "Reshape", "GlobalAveragePooling*", "GlobalAvgPool*", "GlobalMaxPooling*", "GlobalMaxPool*",
 )
+
+# Prefixes that wrappers put before every name (DataParallel/DistributedDataParallel: module.,
+# torch.compile: _orig_mod.). Head patterns are matched against the name without them.
+WRAPPER_PREFIXES: tuple[str, ...] = ("module.", "_orig_mod.")
+
+
+def unwrapped(name: str) -> str:
+    """`module.fc` -> `fc`: a layer name without the wrapper prefixes it starts with."""
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in WRAPPER_PREFIXES:
+            if name.startswith(prefix):
+                name, stripped = name[len(prefix) :], True
+    return name

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Callable
 
 from . import formats
 from . import hf
-from .atomic import atomic_output, check_destination
+from .atomic import atomic_output, check_destination, refuse_stdout
 from .errors import FormatError, OutputError, SurgeryError
 from .graph import GRAPH
 from .tree import Tree
@@ -29,14 +30,15 @@ def load(path: str | Path, format: str | None = None, *, key: str | None = None)
 
     Example:
         >>> tree = load("fixtures/tiny.safetensors")  # doctest: +SKIP
-        >>> tree["dense/kernel"].shape  # doctest: +SKIP
+        >>> tree["classifier.weight"].shape  # doctest: +SKIP
+        (10, 8)
     """
     path = Path(path)
     if format is None and hf.is_model_folder(path):  # config.json + weights: the config travels with the tree
         return hf.load(path, key=key)
-    name = format or formats.detect(path)
-    options = _key_option(name, key, path)
     try:
+        name = format or formats.detect(path)
+        options = _key_option(name, key, path)
         return formats.module(name).load(path, **options)
     except SurgeryError:
         raise
@@ -80,21 +82,19 @@ def save(
     name = check_output(tree, path, format, force=force, shard_size=shard_size)
     options = {"shard_size": shard_size} if shard_size is not None else {}
     save_atomically = getattr(formats.module(name), "save_atomically", None)
-    if save_atomically is not None:  # a format of several files (ONNX model + data) writes them as one unit
-        try:
-            save_atomically(tree, path, progress=progress)
-        except OSError as e:
-            raise OutputError(f"cannot write the output ({e.strerror or e})", str(path), "check free space and permissions") from e
-        return name
     folder = hf.writes_folder(tree, path)
-    with atomic_output(path, directory=shard_size is not None or folder) as tmp:
-        try:
+    try:
+        if save_atomically is not None:  # a format of several files (ONNX model + data) writes them as one unit
+            save_atomically(tree, path, progress=progress)
+            return name
+        with atomic_output(path, directory=shard_size is not None or folder) as tmp:
             if folder:  # weights, the edited config.json and the other files appear together
                 hf.save_folder(tree, tmp, progress=progress, **options)
             else:
                 formats.module(name).save(tree, tmp, progress=progress, **options)
-        except OSError as e:
-            raise OutputError(f"cannot write the output ({e.strerror or e})", str(path), "check free space and permissions") from e
+    except OSError as e:  # named by the destination the user gave, never by our temporary file
+        detail = e.strerror or re.sub(re.escape(f".{path.name}.tmp-") + "[0-9a-f]+", path.name, str(e))
+        raise OutputError(f"cannot write the output ({detail})", str(path), "check free space and permissions") from e
     return name
 
 
@@ -106,18 +106,25 @@ def check_output(
     Commands call it first so that a dry run fails exactly where the real run would.
     """
     path = Path(path)
+    refuse_stdout(path)
     folder = hf.writes_folder(tree, path)
     name = formats.for_output(path, format, sharded=shard_size is not None or folder)
     if folder and name != "safetensors":
         raise OutputError(f"a Hugging Face model folder is written as safetensors, not {name}", str(path), "drop --to, or name a file")
     if not hasattr(formats.module(name), "save"):
         raise OutputError(f"writing {name} files is not available yet", str(path), formats.module(name).CANNOT_WRITE)
+    if shard_size is not None and name != "safetensors":
+        raise OutputError(f"{name} files cannot be sharded", "--shard-size", "drop --shard-size, or write safetensors")
+    if shard_size is not None and path.suffix.lower() in formats.OUTPUT_SUFFIXES:
+        raise OutputError(
+            "--shard-size writes a folder of shards, but the output is named like a file",
+            str(path),
+            f"name a folder, e.g. -o {path.with_suffix('')}",
+        )
+    check_destination(path, _input_paths(tree), force=force)
     check_writable = getattr(formats.module(name), "check_writable", None)
     if check_writable is not None:  # what the format cannot hold is refused before anything is written
         check_writable(tree)
-    if shard_size is not None and name != "safetensors":
-        raise OutputError(f"{name} files cannot be sharded", "--shard-size", "drop --shard-size, or write safetensors")
-    check_destination(path, _input_paths(tree), force=force)
     return name
 
 

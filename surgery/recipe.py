@@ -119,9 +119,11 @@ def _function(step: Step):
     try:
         return STEPS[step.op]
     except KeyError:
-        raise OperationError(
-            f"unknown operation {step.op!r}", step.where, f"use one of: {', '.join(STEPS)}"
-        ) from None
+        import difflib
+
+        near = difflib.get_close_matches(step.op, list(STEPS), n=1)
+        guess = f"did you mean {near[0]!r}? The operations are: " if near else "use one of: "
+        raise OperationError(f"unknown operation {step.op!r}", step.where, guess + ", ".join(STEPS)) from None
 
 
 def _check_options(step: Step) -> None:

@@ -120,8 +120,6 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
         (["--classes", "0,1", "--layers", "nothing_*"],
          "error: --layers nothing_* matches no layer (--layers); list the layers with `surgery inspect`; "
          "globs are case-sensitive and '*' crosses '/' and '.'"),
-        (["--classes", "0,x"],
-         "error: 'x' is not a class index (--classes); write source indices like 0,3,8 or 1-5, and 'new' to add a class"),
         (["--classes", "0,new", "--anchors", "4"],
          "error: subsample cannot add classes (--classes); use `surgery upsample` to add new classes"),
         (["--anchors", "4"],
@@ -195,7 +193,9 @@ def test_upsample_copy_and_mean_inits():
 
 def test_unknown_init_is_refused(tmp_path):
     result = run("upsample", SSD, "-o", tmp_path / "o.h5", "--num-classes", "90", "--init", "he", "--anchors", "4")
-    assert error_line(result) == "error: unknown --init 'he' (--init); use one of: gaussian, zeros, xavier, mean, copy:<class>"
+    assert result.exit_code == 2
+    assert error_line(result) == ("error: invalid value for '--init': unknown --init 'he'; use one of: gaussian, zeros, xavier, "
+                                  "mean, copy:<class>; see 'surgery upsample --help'")
 
 
 def test_upsample_cli_then_verify_old_classes(tmp_path):
@@ -239,14 +239,22 @@ def test_torch_convention_uses_axis_zero_and_faster_rcnn_moves_boxes_with_classe
 
 
 def test_unknown_convention_needs_axis():
-    tree = Tree([Entry.from_array("head.cls_logits.weight", np.zeros((18, 4), np.float32))])
+    tree = Tree([Entry.from_array("head.cls_logits.w", np.zeros((18, 4), np.float32))])
     with pytest.raises(OperationError) as e:
         plan_classes(tree, [0], anchors=9)
     assert e.value.one_line() == (
-        "the checkpoint does not say which axis of a weight is its output axis (head.cls_logits); "
+        "the checkpoint does not say which axis of a weight is its output axis, and the names are neither Keras "
+        "(kernel, gamma, moving_mean) nor PyTorch (weight, running_mean) weight names (head.cls_logits); "
         "pass --axis -1 for Keras layout or --axis 0 for PyTorch layout"
     )
     assert plan_classes(tree, [0], anchors=9, axis=0).layers[0].channel_map == (0, 2, 4, 6, 8, 10, 12, 14, 16)
+
+
+def test_the_class_axis_is_read_from_torch_names():
+    tree = Tree([Entry.from_array("head.cls_logits.weight", np.zeros((18, 4), np.float32))])
+    plan = plan_classes(tree, [0], anchors=9)
+    assert plan.layers[0].channel_map == (0, 2, 4, 6, 8, 10, 12, 14, 16)
+    assert plan.notes == ("class axis from the names: the names are PyTorch weight names (head.cls_logits.weight); pass --axis to override",)
 
 
 def test_yolo_layout_keeps_the_five_fields():

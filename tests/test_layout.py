@@ -257,15 +257,20 @@ def test_unknown_layout():
 
 
 def test_unknown_convention_asks_for_the_source_layout():
-    tree = Tree([Entry.from_array("fc.weight", arange((2, 3)))], convention=UNKNOWN)
+    tree = Tree([Entry.from_array("fc.weight", arange((2, 3))), Entry.from_array("bn/gamma", arange((3,)))], convention=UNKNOWN)
     with pytest.raises(OperationError) as e:
         convert_layout(tree, "keras")
     assert message(e) == (
-        "the checkpoint does not say whether its weights are in Keras or PyTorch layout (--layout); "
-        "say which with --from-layout keras or --from-layout torch"
+        "the checkpoint does not say whether its weights are in Keras or PyTorch layout, and the names mix Keras "
+        "(bn/gamma) and PyTorch (fc.weight) weight names (--layout); say which with --from-layout keras or --from-layout torch"
     )
-    new, _ = convert_layout(tree, "keras", source="torch")
+
+
+def test_a_source_layout_the_names_show_is_used_and_reported():
+    tree = Tree([Entry.from_array("fc.weight", arange((2, 3)))], convention=UNKNOWN)
+    new, report = convert_layout(tree, "keras")
     assert new["fc/kernel"].shape == (3, 2) and new.convention == KERAS
+    assert report.notes[0] == "torch layout inferred: the names are PyTorch weight names (fc.weight); pass --from-layout to override"
 
 
 def test_a_contradicting_source_layout_is_refused():
@@ -394,7 +399,9 @@ def test_cli_bad_flatten_shape(tmp_path, keras_file):
         "give the shape of the Flatten's input, H,W,C in Keras order (model.summary() shows it)"
     )
     result = run("convert", keras_file, "-o", tmp_path / "t.safetensors", "--layout", "torch", "--flatten-shape", "7,7,64")
-    assert error_line(result) == "error: --flatten-shape '7,7,64' is not LAYER=H,W,C or LAYER=none (--flatten-shape); write e.g. --flatten-shape dense=7,7,64"
+    assert result.exit_code == 2
+    assert error_line(result) == ("error: invalid value for '--flatten-shape': --flatten-shape '7,7,64' is not LAYER=H,W,C or LAYER=none; "
+                                  "write e.g. --flatten-shape dense=7,7,64; see 'surgery convert --help'")
 
 
 def test_cli_unknown_layout_is_a_usage_error(tmp_path, keras_file):
@@ -405,11 +412,9 @@ def test_cli_unknown_layout_is_a_usage_error(tmp_path, keras_file):
 def test_cli_unknown_convention(tmp_path):
     src = tmp_path / "plain.npz"
     np.savez(src, **{"fc.weight": arange((2, 3))})
-    result = run("convert", src, "-o", tmp_path / "k.h5", "--layout", "keras")
-    assert error_line(result) == (
-        "error: the checkpoint does not say whether its weights are in Keras or PyTorch layout (--layout); "
-        "say which with --from-layout keras or --from-layout torch"
-    )
+    result = run("convert", src, "-o", tmp_path / "k.h5", "--layout", "keras", "--dry-run")
+    assert result.exit_code == 0, result.stderr
+    assert "note: torch layout inferred: the names are PyTorch weight names (fc.weight); pass --from-layout to override" in result.stdout
     result = run("convert", src, "-o", tmp_path / "k.h5", "--layout", "keras", "--from-layout", "torch", "-q")
     assert result.exit_code == 0, result.stderr
     with h5py.File(tmp_path / "k.h5") as f:
@@ -418,7 +423,8 @@ def test_cli_unknown_convention(tmp_path):
 
 def test_cli_layout_options_need_layout(tmp_path, keras_file):
     result = run("convert", keras_file, "-o", tmp_path / "t.safetensors", "--flatten-shape", "fc=2,2,3")
-    assert error_line(result) == "error: --flatten-shape only applies with --layout (--flatten-shape); add --layout torch or --layout keras"
+    assert result.exit_code == 2
+    assert error_line(result) == "error: --flatten-shape only applies with --layout: add --layout torch or --layout keras; see 'surgery convert --help'"
 
 
 def test_cli_rules_file(tmp_path, keras_file):

@@ -196,7 +196,7 @@ def test_rename_dry_run_prints_the_plan_and_writes_nothing(tmp_path, src):
 
 def test_rename_writes_and_json_lists_everything(tmp_path, src):
     before = digest(src)
-    out = tmp_path / "out.npz"
+    out = tmp_path / "out.safetensors"
     result = run("rename", src, "-o", out, "--strip-prefix", "module.", "--drop", "step", "--map", "^head=classifier", "--json")
     assert result.exit_code == 0, result.stderr
     document = json.loads(result.stdout)
@@ -206,7 +206,7 @@ def test_rename_writes_and_json_lists_everything(tmp_path, src):
         {"before": "module.head.weight", "after": "head.weight"},
         {"before": "head.weight", "after": "classifier.weight"},
     ]
-    assert document["dropped"] == ["step"] and document["tensors"] == 3 and document["format"] == "npz"
+    assert document["dropped"] == ["step"] and document["tensors"] == 3 and document["format"] == "safetensors"
     written = surgery.load(out)
     assert list(written) == ["backbone.weight", "backbone.bias", "classifier.weight"]
     np.testing.assert_array_equal(written["backbone.weight"].read(), small_tree()["module.backbone.weight"].read())
@@ -218,15 +218,15 @@ def test_rename_writes_and_json_lists_everything(tmp_path, src):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--map", "module."], f"error: rule 'module.' has no '=' (--map); {RULE_FIX}"),
-        (["--map", "(=x"], f"error: bad regex '(': missing ), unterminated subpattern (--map (=x); {RULE_FIX}"),
+        (["--map", "module."], f"error: invalid value for '--map': rule 'module.' has no '='; {RULE_FIX}; see 'surgery rename --help'"),
+        (["--map", "(=x"], f"error: invalid value for '--map': bad regex '(': missing ), unterminated subpattern; {RULE_FIX}; see 'surgery rename --help'"),
         (["--strip-prefix", "model."], "error: no tensor name starts with 'model.' (--strip-prefix); list the names with `surgery inspect`"),
-        ([], "error: nothing to rename (rename); give --map REGEX=REPL, --strip-prefix, --keep or --drop"),
+        ([], "error: nothing to rename: give --map REGEX=REPL, --strip-prefix, --keep or --drop; see 'surgery rename --help'"),
     ],
 )
 def test_rename_cli_errors_are_one_line(tmp_path, src, args, message):
     result = run("rename", src, "-o", tmp_path / "out.safetensors", *args)
-    assert result.exit_code == 1
+    assert result.exit_code == (1 if "--strip-prefix" in args else 2)
     assert error_line(result) == message
     assert not (tmp_path / "out.safetensors").exists()
 

@@ -15,7 +15,7 @@ from surgery import provenance
 from surgery.tree import Entry, Tree
 
 
-@pytest.mark.parametrize("suffix", [".h5", ".safetensors", ".npz"])
+@pytest.mark.parametrize("suffix", [".h5", ".safetensors"])  # npz keeps no provenance (tests/test_first_hour.py)
 def test_history_survives_each_format_and_grows(tmp_path, fixtures_dir, suffix):
     first = tmp_path / f"a{suffix}"
     assert run("subsample", fixtures_dir / "ssd300_coco_tiny.h5", "-o", first, "--classes", "0,3,8", "--anchors", "4", "-q").exit_code == 0

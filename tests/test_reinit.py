@@ -43,6 +43,16 @@ def torch_tree(convention=TORCH) -> Tree:
     )
 
 
+def plain_names_tree() -> Tree:
+    """torch_tree with parameter names neither framework uses, in a file that does not say its layout."""
+    plain = {"weight": "w", "running_mean": "mean", "running_var": "var", "num_batches_tracked": "count"}
+    renamed = {}
+    for name, entry in torch_tree().items():
+        layer, _, param = name.rpartition(".")
+        renamed[f"{layer}.{plain.get(param, param)}"] = entry.read()
+    return tree_of(renamed, UNKNOWN)
+
+
 # -- fans -------------------------------------------------------------------------------
 
 
@@ -179,11 +189,12 @@ def test_keras_names_and_keras3_numbered_variables():
 
 
 def test_unknown_convention_needs_layout_only_for_fans():
-    tree = torch_tree(UNKNOWN)
+    tree = plain_names_tree()  # names that do not tell
     with pytest.raises(OperationError) as e:
         reinit(tree, "fc", "xavier_normal")
     assert str(e.value) == ("the checkpoint does not say whether its kernels are Keras (..., in, out) or PyTorch "
-                            "(out, in, ...) (--init xavier_normal); pass --layout keras or --layout torch")
+                            "(out, in, ...), and the names are neither Keras (kernel, gamma, moving_mean) nor PyTorch "
+                            "(weight, running_mean) weight names (--init xavier_normal); pass --layout keras or --layout torch")
     _, report = reinit(tree, "fc", "normal:0.01")
     assert report.changes[0].detail == "kernel: normal:0.01"
     _, report = reinit(tree, "fc", "xavier_normal", layout="keras")
@@ -297,9 +308,9 @@ def test_adapt_input_errors():
         (lambda: adapt_input(tree, 1, layer="nope"), "no layer named 'nope' (--layer); list the layers with `surgery inspect`"),
         (lambda: adapt_input(tree, 0),
          "--channels 0 must be at least 1 (--channels); give the input channels the new model takes, e.g. 1 for grayscale"),
-        (lambda: adapt_input(tree_of({"a.weight": np.zeros((4, 3, 3, 3))}, UNKNOWN), 1),
-         "the checkpoint does not say whether its kernels are Keras (..., in, out) or PyTorch (out, in, ...) "
-         "(adapt-input); pass --layout keras or --layout torch"),
+        (lambda: adapt_input(tree_of({"a.weight": np.zeros((4, 3, 3, 3)), "b/kernel": np.zeros(2)}, UNKNOWN), 1),
+         "the checkpoint does not say whether its kernels are Keras (..., in, out) or PyTorch (out, in, ...), "
+         "and the names mix Keras (b/kernel) and PyTorch (a.weight) weight names (adapt-input); pass --layout keras or --layout torch"),
         (lambda: adapt_input(tree_of({"a.weight": np.zeros((4, 3, 3, 3), "int8")}), 1, layer="a"),
          "a.weight is int8, not a float kernel adapt-input can compute with (a.weight); convert it to float32 first"),
     ]
@@ -356,17 +367,18 @@ def test_cli_errors_are_one_line(tmp_path, torch_file):
     assert error_line(result) == ("error: --layers head* matches no layer or tensor (--layers); list the names with "
                                   "`surgery inspect`; globs are case-sensitive and '*' crosses '/' and '.'")
     result = run("reinit", torch_file, "-o", out, "--layers", "fc", "--init", "he")
-    assert error_line(result) == ("error: unknown --init 'he' (--init); use one of: xavier_uniform, xavier_normal, "
-                                  "kaiming_uniform, kaiming_normal, normal:STD, zeros, ones, constant:V")
+    assert result.exit_code == 2
+    assert error_line(result) == ("error: invalid value for '--init': unknown --init 'he'; use one of: xavier_uniform, xavier_normal, "
+                                  "kaiming_uniform, kaiming_normal, normal:STD, zeros, ones, constant:V; see 'surgery reinit --help'")
     result = run("adapt-input", torch_file, "-o", out, "--channels", "-2")
-    assert result.exit_code == 1
-    assert error_line(result) == ("error: --channels -2 must be at least 1 (--channels); give the input channels the "
-                                  "new model takes, e.g. 1 for grayscale")
+    assert result.exit_code == 2
+    assert error_line(result) == "error: invalid value for '--channels': -2 is not in the range x>=1; see 'surgery adapt-input --help'"
     npz = tmp_path / "plain.npz"
-    surgery.save(torch_tree(UNKNOWN), npz)
+    surgery.save(plain_names_tree(), npz)
     result = run("reinit", npz, "-o", out, "--layers", "fc", "--init", "kaiming_uniform")
     assert error_line(result) == ("error: the checkpoint does not say whether its kernels are Keras (..., in, out) or "
-                                  "PyTorch (out, in, ...) (--init kaiming_uniform); pass --layout keras or --layout torch")
+                                  "PyTorch (out, in, ...), and the names are neither Keras (kernel, gamma, moving_mean) nor "
+                                  "PyTorch (weight, running_mean) weight names (--init kaiming_uniform); pass --layout keras or --layout torch")
     assert run("reinit", npz, "-o", out, "--layers", "fc", "--init", "kaiming_uniform", "--layout", "torch", "-q").exit_code == 0
 
 

@@ -46,7 +46,7 @@ def resnet(tmp_path):
 
 def test_torchvision_fc_is_found_by_the_table():
     head = detect_head(tree_of(RESNET))
-    assert head == HeadMatch(("fc",), ("fc.weight", "fc.bias"), "table TOPS, torchvision/timm top: fc")
+    assert head == HeadMatch(("fc",), ("fc.weight", "fc.bias"), "known torchvision/timm top: fc")
 
 
 def test_torchvision_classifier_star_takes_the_whole_classifier():
@@ -58,7 +58,7 @@ def test_torchvision_classifier_star_takes_the_whole_classifier():
 def test_keras_applications_top_without_a_model_config():
     head = detect_head(tree_of(KERAS_VGG, KERAS))
     assert head.layers == ("fc1", "fc2", "predictions")
-    assert head.why == "table TOPS, keras-applications top: fc1, fc2, predictions"
+    assert head.why == "known keras-applications top: fc1, fc2, predictions"
 
 
 def test_timm_head_fc_keeps_head_norm():
@@ -167,7 +167,7 @@ def test_cli_strip_head_lists_every_removed_tensor(resnet, tmp_path):
     result = run("strip-head", resnet, "-o", out)
     assert result.exit_code == 0, result.stderr
     assert result.stdout.splitlines() == [
-        "head: table TOPS, torchvision/timm top: fc",
+        "head: known torchvision/timm top: fc",
         "removed 1 layers: fc",
         "  fc.weight  [3, 2] float32",
         "  fc.bias  [3, 2] float32",
@@ -188,7 +188,7 @@ def test_cli_dry_run_writes_nothing(resnet, tmp_path):
 def test_cli_json(resnet, tmp_path):
     result = run("strip-head", resnet, "-o", tmp_path / "b.safetensors", "--json", "--dry-run")
     document = json.loads(result.stdout)
-    assert document["head"] == {"layers": ["fc"], "tensors": ["fc.weight", "fc.bias"], "why": "table TOPS, torchvision/timm top: fc"}
+    assert document["head"] == {"layers": ["fc"], "tensors": ["fc.weight", "fc.bias"], "why": "known torchvision/timm top: fc"}
     assert document["removed_tensors"] == [{"name": "fc.weight", "was": "[3, 2] float32"}, {"name": "fc.bias", "was": "[3, 2] float32"}]
     assert document["removed_layers"] == ["fc"] and document["kept_tensors"] == 10 and document["dry_run"] is True
 

@@ -119,7 +119,7 @@ def test_containers_and_key(tmp_path):
     assert run("inspect", path, "--key", "model_ema", "--json").exit_code == 0
     result = run("inspect", path, "--key", "optimizer")
     assert error_line(result) == (f"error: no state dict under key 'optimizer' ({path}); "
-                                  "choose one of: epoch, model_ema, state_dict, optimizer")
+                                  "choose one of: state_dict, model_ema")  # only the entries that hold a state dict
 
 
 def test_key_for_a_file_that_is_not_torch_is_refused(tmp_path):
@@ -196,7 +196,7 @@ def test_build_on_anything_but_an_ordered_dict_is_refused(tmp_path):
         path.write_bytes(_legacy_raw([_header_pickles(), body, pickle.dumps([], protocol=2)]))
         assert error_line(run("inspect", path)) == (
             f"error: the checkpoint asks to set the state of {kind}, which is not a container ({path}); "
-            "surgery reads only tensors and plain containers; re-save with torch.save(model.state_dict(), path)"
+            "surgery reads only tensors and plain containers and never runs a checkpoint's code; save model.state_dict() where the model is built"
         )
     assert torch_pt._ALLOWED[("torch", "FloatStorage")].dtype == "float32"
 
@@ -407,8 +407,8 @@ def _assert_refused(path, kind, canary):
     line = error_line(result)
     assert result.exit_code == 1
     assert line.startswith(_expected_refusal(kind, path)), line
-    assert line.endswith(", which is not a tensor or container" + _fix(path, "surgery reads only tensors and plain containers; "
-                                                                            "re-save with torch.save(model.state_dict(), path)"))
+    assert line.endswith(", which is not a tensor or container" + _fix(path, "surgery reads only tensors and plain containers "
+                                                                            "and never runs a checkpoint's code; save model.state_dict() where the model is built"))
     assert not canary.exists()
     with pytest.raises(surgery.errors.UnsafeFileError):
         surgery.load(path)

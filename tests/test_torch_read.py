@@ -259,6 +259,6 @@ def test_pickle_extension_codes_are_refused_even_when_registered(tmp_path):
         copyreg.remove_extension("os", "system", 0xF0)
     assert line == (
         f"error: the checkpoint names a global by a pickle extension code, which state dicts never use ({path}); "
-        "surgery reads only tensors and plain containers; re-save with torch.save(model.state_dict(), path)"
+        "surgery reads only tensors and plain containers and never runs a checkpoint's code; save model.state_dict() where the model is built"
     )
     assert not canary.exists() and os.path.exists(tmp_path)

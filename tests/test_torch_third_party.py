@@ -131,7 +131,7 @@ def test_a_checkpoint_holding_other_objects_is_refused_by_name():
     path = pesto_file("mir-1k_g7.ckpt")
     assert error_line(run("inspect", path)) == (
         f"error: the checkpoint asks to load omegaconf.listconfig.ListConfig, which is not a tensor or container ({path}); "
-        "surgery reads only tensors and plain containers; re-save with torch.save(model.state_dict(), path)"
+        "surgery never runs a checkpoint's code; its state dict 'state_dict' reads without it: pass --key state_dict"
     )
 
 

@@ -238,7 +238,7 @@ def test_keras_layout_is_refused_before_anything_is_written(tmp_path):
 
 
 def test_keras_file_to_pt_is_one_line_on_the_command_line(tmp_path):
-    src = tmp_path / "k.npz"
+    src = tmp_path / "k.safetensors"  # records the Keras convention (npz keeps none)
     tree = Tree([Entry.from_array("dense/kernel", np.ones((3, 2), np.float32))], convention=KERAS)
     surgery.save(tree, src)
     result = run("convert", src, "-o", tmp_path / "out.pt")
@@ -247,7 +247,7 @@ def test_keras_file_to_pt_is_one_line_on_the_command_line(tmp_path):
         "error: the weights are in Keras layout (output axis last); PyTorch modules expect the output axis first "
         "(torch); add --layout torch"
     )
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["k.npz"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["k.safetensors"]
 
 
 def test_packed_dtypes_are_refused_before_anything_is_written(tmp_path):

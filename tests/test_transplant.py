@@ -91,11 +91,24 @@ def test_packed_dtypes_are_not_cast():
 
 def test_an_unknown_layout_is_not_guessed():
     pre = Tree([Entry.from_array("fc/kernel", np.zeros((3, 2), "float32"))], convention=KERAS)
-    target = Tree([Entry.from_array("fc.weight", np.zeros((2, 3), "float32"))])
+    # names of both frameworks: they do not tell the layout
+    target = Tree([Entry.from_array("fc/kernel", np.zeros((3, 2), "float32")), Entry.from_array("x.weight", np.zeros(2, "float32"))])
     new, report = transplant(pre, target)
     assert report.facts["missing"] == 1 and report.notes == [
         "PRETRAINED is in keras layout and TARGET in unknown layout: nothing converted; "
         "if both are one framework's weights, convert PRETRAINED with `surgery convert --layout` first"
+    ]
+
+
+def test_a_layout_the_names_show_is_used_and_reported():
+    kernel = np.arange(6, dtype="float32").reshape(3, 2)
+    pre = Tree([Entry.from_array("fc/kernel", kernel)], convention=KERAS)
+    target = Tree([Entry.from_array("fc.weight", np.zeros((2, 3), "float32"))])  # a safetensors file without format=pt
+    new, report = transplant(pre, target, strict=True)
+    np.testing.assert_array_equal(new["fc.weight"].read(), kernel.T)
+    assert report.notes[:2] == [
+        "TARGET is taken as torch layout: the names are PyTorch weight names (fc.weight)",
+        "converted PRETRAINED from keras to torch layout (1 renamed, 1 transposed)",
     ]
 
 
@@ -154,6 +167,7 @@ def test_torch_head_swap_copies_the_backbone_and_keeps_the_new_head(torch_files)
         "missing 0 (kept as initialised)",
         "unexpected 0 (not in TARGET)",
         "mismatched 2 (shape differs, kept as initialised): head.bias [10] -> [3], head.weight [10, 4] -> [3, 4]",
+        "  by name: head.* (2)",
         f"wrote {out} (safetensors)",
     ]
     model = Net(3).eval()
@@ -215,7 +229,9 @@ def test_many_names_are_listed_20_at_a_time(tmp_path):
     result = run("transplant", tmp_path / "pre.npz", tmp_path / "target.npz", "-o", tmp_path / "out.npz", "--dry-run")
     assert result.exit_code == 0, result.stderr
     listed = ", ".join(f"p{i:02d}" for i in range(1, 21))
-    assert f"unexpected 24 (not in TARGET): {listed}, ... and 4 more (--json lists all)" in result.stdout.splitlines()
+    assert f"unexpected 24 (not in TARGET): {listed}, … and 4 more (--verbose lists all)" in result.stdout.splitlines()
+    verbose = run("transplant", tmp_path / "pre.npz", tmp_path / "target.npz", "-o", tmp_path / "out.npz", "--dry-run", "--verbose")
+    assert "unexpected 24 (not in TARGET): " + ", ".join(f"p{i:02d}" for i in range(1, 25)) in verbose.stdout.splitlines()
 
 
 # -- across formats, with real Keras ---------------------------------------------------

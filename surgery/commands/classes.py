@@ -10,14 +10,18 @@ import click
 
 from .labels import label_options
 from .common import (
+    Checked,
     _emit_json,
     _printable,
+    _warn,
     _write,
     json_option,
+    key_option,
+    load_input,
     output_options,
     quiet_option,
+    usage_error,
 )
-
 
 # -- class-axis surgery (subsample, upsample, verify) -------------------------------
 
@@ -36,14 +40,27 @@ class AnchorsType(click.ParamType):
         return (layer or None, int(count))
 
 
+def _check_classes(text: str) -> None:
+    from ..ops.classes import parse_classes
+
+    parse_classes(text)
+
+
+def _check_init(text: str) -> None:
+    from ..ops.classes import check_init
+
+    check_init(text)
+
+
 def class_options(f: Callable) -> Callable:
     """Which classes and which layers: shared by subsample, upsample and verify."""
     options = [
-        click.option("--classes", metavar="LIST", help="Source class indices in their new order, e.g. 0,3,8,1 (0 is background in SSD). Duplicates copy a class; 'new' adds one (upsample)."),
+        click.option("--classes", type=Checked("LIST", _check_classes), help="Source class indices in their new order, e.g. 0,3,8,1 (0 is background in SSD). A class given twice is refused unless --allow-duplicates; 'new' adds one (upsample)."),
+        click.option("--allow-duplicates", is_flag=True, help="Accept a class given twice in --classes: its weights are copied to each place."),
         click.option("--num-classes", type=click.IntRange(min=1), metavar="N", help="Instead of --classes: fewer than the source picks N at random (keeping background, sorted); more keeps all and adds new ones."),
         click.option("--seed", type=int, help="Seed for --num-classes picks and new-class init (default 0; reported)."),
         click.option("--layers", "layer_globs", multiple=True, metavar="GLOB", help="Class layers to edit (repeatable). Default: detect known heads (SSD *_mbox_conf, RetinaNet, YOLO, Faster R-CNN, classifiers)."),
-        click.option("--layout", type=click.Choice(["anchor-major", "anchor-major-fields", "class-major", "plain"]), help="How classes sit on the output axis (default: from the detected head)."),
+        click.option("--class-layout", type=click.Choice(["anchor-major", "anchor-major-fields", "class-major", "plain"]), help="How classes sit on the output axis (default: from the detected head)."),
         click.option("--source-classes", type=click.IntRange(min=1), metavar="K", help="Classes the source model has, when it cannot be inferred."),
         click.option("--anchors", "anchors", multiple=True, type=AnchorsType(), help="Boxes per location: A for every layer it divides consistently, or LAYER=A for one layer (repeatable)."),
         click.option("--axis", type=int, help="Class axis of kernels (default: last for Keras files, 0 for PyTorch)."),
@@ -53,22 +70,27 @@ def class_options(f: Callable) -> Callable:
     return f
 
 
-def _plan(tree, classes, num_classes, seed, layer_globs, layout, source_classes, anchors, axis):
-    from ..errors import OperationError
+def _plan(tree, classes, num_classes, seed, layer_globs, class_layout, source_classes, anchors, axis, allow_duplicates=False):
     from ..ops.classes import parse_classes, plan_classes
 
     overall = [a for layer, a in anchors if layer is None]
     if len(overall) > 1:
-        raise OperationError("--anchors A is given twice", "--anchors", "give one count, and LAYER=A for layers that differ")
+        raise usage_error("--anchors A is given twice: give one count, and LAYER=A for layers that differ")
     if classes is not None and num_classes is not None:
-        raise OperationError("--classes and --num-classes both given", "--classes", "pass only one of them")
+        raise usage_error("--classes and --num-classes are both given: pass only one of them")
+    picked = parse_classes(classes) if classes is not None else None
+    repeated = sorted({c for c in picked or () if c is not None and picked.count(c) > 1})
+    if repeated and not allow_duplicates:
+        raise usage_error(
+            f"--classes gives class {repeated[0]} more than once: drop the repeat, or pass --allow-duplicates to copy its weights to each place"
+        )
     return plan_classes(
         tree,
-        parse_classes(classes) if classes is not None else None,
+        picked,
         num_classes=num_classes,
         seed=seed,
         layer_globs=layer_globs,
-        layout=layout,
+        layout=class_layout,
         source_classes=source_classes,
         anchors=overall[0] if overall else None,
         anchors_per_layer={layer: a for layer, a in anchors if layer is not None},
@@ -76,7 +98,7 @@ def _plan(tree, classes, num_classes, seed, layer_globs, layout, source_classes,
     )
 
 
-def _class_command(kind: str, src: Path, output: Path, force: bool, dry_run: bool, as_json: bool, quiet: bool, verify_after: bool, init: str, **class_args: Any) -> None:
+def _class_command(kind: str, src: Path, output: Path, force: bool, dry_run: bool, as_json: bool, quiet: bool, verify_after: bool, init: str, key: str | None = None, **class_args: Any) -> None:
     from ..errors import OperationError
     from ..graph import graph_of
     from ..io import check_output, load
@@ -84,9 +106,10 @@ def _class_command(kind: str, src: Path, output: Path, force: bool, dry_run: boo
     from ..tree import DROPPED_ON_READ
     from .labels import check_labels_out, document_part, print_part, resolve_names, write_labels_out
 
-    tree = load(src)
+    tree = load_input(src, key, quiet or as_json, left_out=False)  # the report's notes say what was left out
     named, labels_out, class_args = resolve_names(tree, class_args)  # names -> indices, before planning
     plan = _plan(tree, **class_args)
+    _warn_about_selection(plan)
     if kind == "subsample" and plan.adds_classes:
         raise OperationError("subsample cannot add classes", "--classes", "use `surgery upsample` to add new classes")
     if kind == "upsample" and class_args["num_classes"] is not None and class_args["num_classes"] < plan.source_classes:
@@ -143,7 +166,16 @@ def _print_class_plan(document: dict, plan) -> None:
 
 
 def _background_hint(plan) -> str:
-    return " (background included)" if plan.classes and plan.classes[0] == 0 else ""
+    """Only heads whose class 0 is background (SSD, Faster R-CNN) count it among the classes."""
+    return " (background included)" if plan.background_first and plan.classes and plan.classes[0] == 0 else ""
+
+
+def _warn_about_selection(plan) -> None:
+    """Selections that are valid but rarely meant: they draw a warning, not an error."""
+    if list(plan.classes) == list(range(plan.source_classes)):
+        _warn(f"--classes keeps all {plan.source_classes} classes in their order: the heads are copied unchanged")
+    elif plan.background_first and list(plan.classes) == [0]:
+        _warn("--classes keeps only class 0, the background: the model would detect nothing")
 
 
 @click.command()
@@ -151,6 +183,7 @@ def _background_hint(plan) -> str:
 @output_options
 @class_options
 @label_options
+@key_option
 @click.option("--verify", "verify_after", is_flag=True, help="After writing, prove the kept classes' outputs equal the original's.")
 @json_option
 @quiet_option
@@ -184,7 +217,8 @@ def subsample(src: Path, output: Path, force: bool, dry_run: bool, verify_after:
 @output_options
 @class_options
 @label_options
-@click.option("--init", default="gaussian", show_default=True, metavar="NAME", help="New classes: gaussian (mean 0, std 0.005), zeros, xavier, mean (of the old classes), or copy:C. New biases are zero unless mean or copy.")
+@key_option
+@click.option("--init", default="gaussian", show_default=True, type=Checked("NAME", _check_init), help="New classes: gaussian (mean 0, std 0.005), zeros, xavier, mean (of the old classes), or copy:C. New biases are zero unless mean or copy.")
 @click.option("--verify", "verify_after", is_flag=True, help="After writing, prove the old classes' outputs are unchanged.")
 @json_option
 @quiet_option
@@ -205,24 +239,30 @@ def upsample(src: Path, output: Path, force: bool, dry_run: bool, init: str, ver
 @click.argument("original", type=click.Path(path_type=Path))
 @click.argument("edited", type=click.Path(path_type=Path))
 @class_options
+@key_option
 @json_option
-def verify(original: Path, edited: Path, as_json: bool, **class_args: Any) -> None:
+def verify(original: Path, edited: Path, as_json: bool, key: str | None = None, **class_args: Any) -> None:
     """Prove that EDITED's heads give ORIGINAL's outputs at the kept classes.
 
-    Pass the same class options as the edit. Each head kernel is applied, as a
+    The classes are the ones the edit recorded in EDITED (surgery.source_classes),
+    unless --classes or --num-classes says otherwise; give the other options
+    (--anchors, --layers) as for the edit. Each head kernel is applied, as a
     linear map over its class axis, to random inputs; the largest absolute
     difference at a kept class must be 0. Exits 1 if it is not.
 
     \b
-    Example:
+    Examples:
+      surgery verify ssd300_coco.h5 ssd300_road.h5 --anchors 4
       surgery verify ssd300_coco.h5 ssd300_road.h5 --classes 0,3,8,1,2,10,4,6,12 --anchors 4
     """
     from ..errors import OperationError
     from ..io import load
     from ..ops.classes import verify as verify_plan
 
-    tree = load(original)
-    rows = verify_plan(tree, load(edited), _plan(tree, **class_args))
+    tree, after = load(original, key=key), load(edited)  # --key: ORIGINAL's; EDITED is what surgery wrote
+    if class_args["classes"] is None and class_args["num_classes"] is None:
+        class_args.update(classes=_recorded_classes(after, edited), allow_duplicates=True)  # the edit's own list
+    rows = verify_plan(tree, after, _plan(tree, **class_args))
     worst = max((row["max_abs_diff"] for row in rows), default=0.0)
     if as_json:
         _emit_json({"layers": rows, "max_abs_diff": worst, "equal": worst == 0})
@@ -232,3 +272,23 @@ def verify(original: Path, edited: Path, as_json: bool, **class_args: Any) -> No
         click.echo("equal at every kept class" if worst == 0 else f"DIFFERENT: largest |difference| {worst:g}")
     if worst != 0:
         raise OperationError(f"the heads differ at kept classes by up to {worst:g}", str(edited), "check that the class options match the edit")
+
+
+def _recorded_classes(edited, path: Path) -> str:
+    """The class list an edit wrote into its output's metadata, as --classes text."""
+    import json
+
+    from ..errors import OperationError
+
+    recorded = edited.metadata.get("surgery.source_classes")
+    try:
+        classes = json.loads(recorded) if recorded else None
+    except ValueError:
+        classes = None
+    if not isinstance(classes, list) or not classes:
+        raise OperationError(
+            "EDITED does not record which classes it kept (no surgery.source_classes metadata)",
+            str(path),
+            "pass --classes as given to the edit",
+        )
+    return ",".join(str(c) for c in classes)

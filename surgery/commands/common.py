@@ -16,6 +16,8 @@ from ..errors import SurgeryError
 from ..formats import names as _format_names
 
 FORMAT_NAMES = _format_names()
+_LISTED = 20  # names listed per kind in text output; --verbose and --json list all
+_VERBOSE = "surgery.verbose"  # click context meta: --verbose was given
 
 
 # -- shared options and parameter types ---------------------------------------------
@@ -37,12 +39,51 @@ class SizeType(click.ParamType):
             self.fail(e.what + "; write e.g. 500MB or 5GB", param, ctx)
 
 
+class Checked(click.ParamType):
+    """A text option the library parses: its refusal becomes a usage error (exit 2), the text is kept.
+
+    `check` is the library's own parser (e.g. `parse_classes`), so the CLI and the library
+    accept exactly the same values and say the same thing about the rest.
+    """
+
+    def __init__(self, metavar: str, check: Callable[[str], Any]) -> None:
+        self.name, self.check = metavar, check
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if not isinstance(value, str):
+            return value
+        try:
+            self.check(value)
+        except SurgeryError as e:
+            self.fail(f"{e.what}; {e.fix}" if e.fix else e.what, param, ctx)
+        return value
+
+
+def usage_error(message: str) -> click.UsageError:
+    """Options that do not fit together: a usage error (one line, exit 2) of the running command."""
+    return click.UsageError(message, click.get_current_context(silent=True))
+
+
+def key_option(f: Callable) -> Callable:
+    return click.option("--key", metavar="NAME", help="PyTorch checkpoints: the top-level entry that holds the state dict (e.g. model_ema); found by itself otherwise.")(f)
+
+
+def verbose_option(f: Callable) -> Callable:
+    """--verbose: list every name instead of the first few (`_first`)."""
+
+    def remember(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
+        ctx.meta[_VERBOSE] = value
+        return value
+
+    return click.option("-v", "--verbose", is_flag=True, expose_value=False, callback=remember, help=f"List every name; without it, long lists show the first {_LISTED}.")(f)
+
+
 def json_option(f: Callable) -> Callable:
     return click.option("--json", "as_json", is_flag=True, help="Print a JSON document on stdout instead of text.")(f)
 
 
 def quiet_option(f: Callable) -> Callable:
-    return click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary on stderr.")(f)
+    return click.option("-q", "--quiet", is_flag=True, help="Print only errors and warnings (stderr): no progress bar (stderr) and no summary (stdout).")(f)
 
 
 def output_options(f: Callable) -> Callable:
@@ -78,6 +119,8 @@ def _progress(label: str, total: int, quiet: bool):
 
 def _write(label: str, tree, output: Path, fmt: str, *, force: bool, dry_run: bool, quiet: bool, shard_size: int | None = None) -> None:
     """Save `tree` atomically with a progress bar, unless this is a dry run."""
+    if fmt == "npz" and tree.metadata and not quiet:
+        click.echo(f"note: npz keeps no metadata or provenance ({len(tree.metadata)} keys not written); write .safetensors to keep them", err=True)
     if dry_run:
         return
     from ..io import save
@@ -103,12 +146,18 @@ def _printable(name: str) -> str:
     return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in name)
 
 
+def _check_flatten_shape(text: str) -> None:
+    from ..ops.layout import parse_flatten_shape
+
+    parse_flatten_shape(text)
+
+
 def layout_options(f: Callable) -> Callable:
     """--layout and what it needs: --from-layout, --flatten-shape, --rules, --transposed, --depthwise."""
     options = [
         click.option("--layout", type=click.Choice(["torch", "keras"]), help="Move the weights to PyTorch (torch) or Keras (keras) layout: conv kernels HWIO<->OIHW (1-3 D, depthwise, transposed), Dense (in,out)<->(out,in), names layer/kernel<->layer.weight, BatchNorm gamma/beta/moving_*<->weight/bias/running_* (+num_batches_tracked), PReLU alpha<->weight."),
         click.option("--from-layout", type=click.Choice(["torch", "keras"]), help="The layout SRC is in, when the file does not say (a safetensors file without format=pt)."),
-        click.option("--flatten-shape", "flatten_shapes", multiple=True, metavar="LAYER=H,W,C", help="The first Dense after a Flatten: its Keras layer name and the Flatten's input shape in Keras order (e.g. dense=7,7,64), in both directions; its inputs are reordered NHWC<->NCHW. LAYER=none: no reorder, for a Permute before the Flatten that already makes the torch order (MTCNN: fc4=none). Repeatable."),
+        click.option("--flatten-shape", "flatten_shapes", multiple=True, type=Checked("LAYER=H,W,C", _check_flatten_shape), help="The first Dense after a Flatten: its Keras layer name and the Flatten's input shape in Keras order (e.g. dense=7,7,64), in both directions; its inputs are reordered NHWC<->NCHW. LAYER=none: no reorder, for a Permute before the Flatten that already makes the torch order (MTCNN: fc4=none). Repeatable."),
         click.option("--rules", "rules_file", type=click.Path(path_type=Path, dir_okay=False), metavar="FILE", help='Rename rules applied in order after the default mapping: a JSON list of [regex, replacement] pairs, [["^conv2d_1\\\\.", "features.0."]], or TOML: rules = [["^conv2d_1\\\\.", "features.0."]] (.toml).'),
         click.option("--transposed", multiple=True, metavar="GLOB", help="Layers of SRC that are transposed convs (Conv2DTranspose/ConvTranspose2d), when no Keras model_config says so (repeatable)."),
         click.option("--depthwise", multiple=True, metavar="GLOB", help="Layers of SRC that are depthwise convs (torch Conv2d with groups=in), when nothing else says so (repeatable)."),
@@ -123,13 +172,12 @@ def layout_options(f: Callable) -> Callable:
 
 def _apply_layout(tree, layout: str | None, from_layout: str | None, flatten_shapes: tuple[str, ...], rules_file: Path | None, transposed: tuple[str, ...], depthwise: tuple[str, ...]):
     """The tree in the asked layout and the report, or the tree unchanged and None without --layout."""
-    from ..errors import OperationError
     from ..ops.layout import convert_layout, parse_flatten_shape, parse_rules
 
     if layout is None:
         given = [n for n, v in (("--flatten-shape", flatten_shapes), ("--rules", rules_file), ("--transposed", transposed), ("--depthwise", depthwise), ("--from-layout", from_layout)) if v]
         if given:
-            raise OperationError(f"{given[0]} only applies with --layout", given[0], "add --layout torch or --layout keras")
+            raise usage_error(f"{given[0]} only applies with --layout: add --layout torch or --layout keras")
         return tree, None
     rules = None
     if rules_file is not None:
@@ -157,8 +205,6 @@ def _print_layout_summary(report) -> None:
 
 # -- names: rename, transplant ------------------------------------------------------
 
-_LISTED = 20  # names listed per kind in text output; --json lists all
-
 
 def _name_summary(reports: list) -> dict:
     """What --strip-prefix, --keep and --drop (and --map) did, for a command's summary."""
@@ -177,8 +223,40 @@ def _print_name_summary(summary: dict) -> None:
 
 
 def _first(names: list[str]) -> str:
-    shown = ", ".join(_printable(n) for n in names[:_LISTED])
-    return shown + (f", ... and {len(names) - _LISTED} more (--json lists all)" if len(names) > _LISTED else "")
+    """The first names of a long list, then how many more: the one way every command shortens a list."""
+    ctx = click.get_current_context(silent=True)
+    limit = None if ctx is not None and ctx.meta.get(_VERBOSE) else _LISTED
+    if limit is None or len(names) <= limit:
+        return ", ".join(_printable(n) for n in names)
+    return ", ".join(_printable(n) for n in names[:limit]) + f", … and {len(names) - limit} more (--verbose lists all)"
+
+
+def _capped(items: list) -> tuple[list, str]:
+    """A long list printed one per line: the first items, and the same "… and M more" line as `_first`."""
+    ctx = click.get_current_context(silent=True)
+    if (ctx is not None and ctx.meta.get(_VERBOSE)) or len(items) <= _LISTED:
+        return list(items), ""
+    return list(items[:_LISTED]), f"… and {len(items) - _LISTED} more (--verbose lists all)"
+
+
+def load_input(path: Path, key: str | None = None, quiet: bool = False, *, left_out: bool = True):
+    """`surgery.io.load`, saying on stderr which state dict a container gave and (unless the
+    command reports it itself: `left_out=False`) what the reader left out."""
+    from ..io import load
+    from ..tree import DROPPED_ON_READ
+
+    tree = load(path, key=key)
+    chosen = tree.metadata.get("surgery.torch_key")
+    if not quiet and chosen and key is None and tree.format == "torch":  # outputs keep the key as metadata
+        click.echo(f"note: {path}: read the state dict under {chosen!r} (--key chooses another)", err=True)
+    if not quiet and left_out and DROPPED_ON_READ in tree.format_state:
+        click.echo(f"note: {path}: not read: {tree.format_state[DROPPED_ON_READ]}", err=True)
+    return tree
+
+
+def _warn(message: str) -> None:
+    """A warning: stderr, one line, shown even with --quiet (it is not part of the summary)."""
+    click.echo(f"warning: {message}", err=True)
 
 
 def _parse_rules(rules: tuple[str, ...]) -> list[tuple[str, str]]:

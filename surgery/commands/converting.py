@@ -17,7 +17,9 @@ from .common import (
     _print_name_summary,
     _write,
     json_option,
+    key_option,
     layout_options,
+    load_input,
     name_options,
     output_options,
     quiet_option,
@@ -31,7 +33,7 @@ from .common import (
 @click.option("--to", "to", type=click.Choice(FORMAT_NAMES), help="Output format (default: from OUTPUT's suffix).")
 @click.option("--dtype", type=click.Choice(["float16", "bfloat16", "float32"]), help="Cast floating tensors; integers and bools are kept.")
 @click.option("--shard-size", type=SizeType(), help="Write a sharded safetensors folder, shards of at most SIZE (5GB, 500MB).")
-@click.option("--key", metavar="NAME", help="PyTorch checkpoints: the top-level entry that holds the state dict (e.g. model_ema); found by itself otherwise.")
+@key_option
 @click.option("--external-data", "external_data", flag_value="external", default=None, help="ONNX output: write tensors of at least --size-threshold bytes to one data file beside the model.")
 @click.option("--inline", "external_data", flag_value="inline", help="ONNX output: keep every tensor inside the model file (refused past protobuf's 2 GB limit).")
 @click.option("--size-threshold", type=SizeType(), help="ONNX output with --external-data: the smallest tensor that goes to the data file (default 1KB).")
@@ -70,10 +72,10 @@ def convert(
       surgery convert model.onnx -o weights.safetensors                 (ONNX weights out)
       surgery convert model.onnx -o big.onnx --external-data --size-threshold 1MB
     """
-    from ..io import check_output, load
+    from ..io import check_output
     from ..ops import cast_floating
 
-    tree = load(src, key=key)
+    tree = load_input(src, key, quiet or as_json)
     tree, name_reports = _apply_name_options(tree, strip_prefix, drop, keep)
     tree, layout_report = _apply_layout(tree, layout, from_layout, flatten_shapes, rules_file, transposed, depthwise)
     cast_report = None

@@ -10,12 +10,16 @@ import click
 
 from .common import (
     _emit_json,
+    _first,
     _printable,
     json_option,
+    key_option,
+    load_input,
     output_options,
     quiet_option,
+    usage_error,
+    verbose_option,
 )
-
 
 # -- freeze maps ---------------------------------------------------------------------
 
@@ -52,9 +56,11 @@ def _recipe_names() -> list[str]:
 @click.option("--freeze", "freeze_globs", multiple=True, metavar="GLOB", help="Freeze matching parameters or layers (repeatable).")
 @click.option("--train", "train_globs", multiple=True, metavar="GLOB", help="Train matching parameters or layers (repeatable).")
 @click.option("--lr-mult", "lr_mults", multiple=True, type=LrMultType(), help="Learning-rate multiple for matching parameters, e.g. 'fc.*=10' (repeatable).")
+@key_option
 @json_option
 @quiet_option
-def freeze(src: Path, output: Path, force: bool, dry_run: bool, recipe: str | None, head_globs: tuple[str, ...], freeze_globs: tuple[str, ...], train_globs: tuple[str, ...], lr_mults: tuple[tuple[str, float], ...], as_json: bool, quiet: bool) -> None:
+@verbose_option
+def freeze(src: Path, output: Path, force: bool, dry_run: bool, recipe: str | None, head_globs: tuple[str, ...], freeze_globs: tuple[str, ...], train_globs: tuple[str, ...], lr_mults: tuple[tuple[str, float], ...], as_json: bool, quiet: bool, key: str | None = None) -> None:
     """Write a freeze map: which parameters train, and at what learning-rate multiple.
 
     OUTPUT is JSON, every parameter of SRC once, in checkpoint order:
@@ -97,15 +103,13 @@ def freeze(src: Path, output: Path, force: bool, dry_run: bool, recipe: str | No
       surgery freeze model.safetensors -o freeze.json --freeze '*' --train 'head.*' --dry-run
     """
     from ..atomic import atomic_output, check_destination
-    from ..errors import OperationError
-    from ..io import load
     from ..ops.freeze import freeze_map
 
     mults: dict[str, float] = {}
     for glob, mult in lr_mults:
         if mults.setdefault(glob, mult) != mult:
-            raise OperationError(f"--lr-mult {glob!r} is given twice with different values", "--lr-mult", "give each glob once")
-    tree = load(src)
+            raise usage_error(f"--lr-mult {glob!r} is given twice with different values: give each glob once")
+    tree = load_input(src, key, quiet or as_json)
     fmap, report = freeze_map(tree, freeze=freeze_globs, train=train_globs, lr_mult=mults, recipe=recipe, head=head_globs, source=str(src))
     check_destination(output, {Path(src), *tree.source_paths()}, force=force)
     document = fmap.to_json()
@@ -121,10 +125,9 @@ def freeze(src: Path, output: Path, force: bool, dry_run: bool, recipe: str | No
 def _print_freeze(report, output: Path, dry_run: bool) -> None:
     facts = report.facts
     if "head" in facts:
-        click.echo(f"head: {_printable(', '.join(facts['head']['parameters']))} ({_printable(facts['head']['why'])})")
+        click.echo(f"head: {_first(facts['head']['parameters'])} ({_printable(facts['head']['why'])})")
     for rule in facts["rules"]:
-        names = _printable(", ".join(rule["parameters"]))
-        click.echo(f"{_printable(rule['rule'])} -> {rule['sets']}: {len(rule['parameters'])} parameter(s): {names}")
+        click.echo(f"{_printable(rule['rule'])} -> {rule['sets']}: {len(rule['parameters'])} parameter(s): {_first(rule['parameters'])}")
     for note in report.notes:
         click.echo(f"note: {_printable(note)}")
     click.echo(

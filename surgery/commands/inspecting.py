@@ -12,13 +12,14 @@ from .common import (
     _emit_json,
     _printable,
     json_option,
+    key_option,
 )
 
 
 @click.command()
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--filter", "filters", multiple=True, metavar="GLOB", help="Only tensors whose name matches (repeatable).")
-@click.option("--key", metavar="NAME", help="PyTorch checkpoints: the top-level entry that holds the state dict (e.g. model_ema); found by itself otherwise.")
+@key_option
 @json_option
 def inspect(path: Path, filters: tuple[str, ...], as_json: bool, key: str | None = None) -> None:
     """List a checkpoint's tensors: name, shape, dtype and size.
@@ -34,15 +35,23 @@ def inspect(path: Path, filters: tuple[str, ...], as_json: bool, key: str | None
       surgery inspect checkpoint.pth --key model_ema
       surgery inspect model.onnx --json | jq '.onnx.inputs'     (ONNX: opsets, inputs, outputs)
     """
+    from ..conventions import convention_of
     from ..io import load
+    from ..tree import DROPPED_ON_READ
 
     tree = load(path, key=key)
     entries = _filtered(tree, filters, path)
     total = sum(e.nbytes for e in entries)
+    parameters = _parameter_count(tree, entries)
+    convention = convention_of(tree)
     if as_json:
         _emit_json(
             {
                 "format": tree.format,
+                "convention": convention.convention.name,
+                "convention_from": "file" if tree.convention.out_axis is not None else "names",
+                "tensor_count": len(entries),
+                "parameters": parameters,
                 "tensors": [
                     {"name": e.name, "shape": list(e.shape), "dtype": e.dtype, "nbytes": e.nbytes} for e in entries
                 ],
@@ -50,11 +59,29 @@ def inspect(path: Path, filters: tuple[str, ...], as_json: bool, key: str | None
                 "metadata": tree.metadata,
                 **({"labels": _labels(tree)} if _labels(tree) is not None else {}),  # class names, when known
                 **_onnx_facts(tree),
+                **({"not_read": tree.format_state[DROPPED_ON_READ]} if DROPPED_ON_READ in tree.format_state else {}),
             }
         )
         return
-    _print_table(tree, entries, total)
+    _print_table(tree, entries, total, parameters, convention)
     _print_onnx_facts(_onnx_facts(tree).get("onnx"))
+
+
+def _parameter_count(tree, entries: list) -> int:
+    """Elements of the weights, without buffers (BatchNorm statistics, integer tensors)."""
+    import math
+
+    from ..ops.freeze import is_buffer
+
+    return sum(math.prod(e.shape) for e in entries if not is_buffer(tree, e.name))
+
+
+def _count(n: int) -> str:
+    """11_689_512 -> 11.7M, as model cards write parameter counts."""
+    for unit, size in (("B", 10**9), ("M", 10**6), ("k", 10**3)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return str(n)
 
 
 def _onnx_facts(tree) -> dict:
@@ -93,8 +120,9 @@ def _filtered(tree, filters: tuple[str, ...], path: Path) -> list:
     return kept
 
 
-def _print_table(tree, entries: list, total: int) -> None:
+def _print_table(tree, entries: list, total: int, parameters: int, convention) -> None:
     from ..sizes import format_size
+    from ..tree import DROPPED_ON_READ
 
     rows = [(_printable(e.name), "[" + ", ".join(map(str, e.shape)) + "]", e.dtype, format_size(e.nbytes)) for e in entries]
     headers = ("name", "shape", "dtype", "size")
@@ -103,13 +131,13 @@ def _print_table(tree, entries: list, total: int) -> None:
     click.echo(line.format(*headers))
     for row in rows:
         click.echo(line.format(*row))
+    inferred = " (from the names)" if tree.convention.out_axis is None and convention.convention.out_axis is not None else ""
     click.echo(
-        f"{len(entries)} tensors, {total:,} bytes ({format_size(total)}); format {tree.format}, convention {tree.convention}"
+        f"{len(entries)} tensors, {_count(parameters)} parameters, {total:,} bytes ({format_size(total)}); "
+        f"format {tree.format}, convention {convention.convention}{inferred}"
     )
     for key, value in tree.metadata.items():
         click.echo(f"metadata {_printable(key)} = {_shortened(_printable(value))}")
-    from ..tree import DROPPED_ON_READ
-
     labels = _labels(tree)
     if labels is not None:
         shown = ", ".join(_printable(n) for n in labels["names"])

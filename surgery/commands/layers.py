@@ -8,24 +8,28 @@ from pathlib import Path
 import click
 
 from .common import (
+    Checked,
+    _capped,
     _emit_json,
     _printable,
     _report,
     _write,
     json_option,
+    key_option,
+    load_input,
     output_options,
     quiet_option,
+    verbose_option,
 )
-
 
 # -- head and layer surgery: strip-head, truncate ------------------------------------
 
 
-def _layer_command(kind: str, src: Path, output: Path, force: bool, dry_run: bool, as_json: bool, quiet: bool, edit: Callable) -> None:
+def _layer_command(kind: str, src: Path, output: Path, force: bool, dry_run: bool, as_json: bool, quiet: bool, edit: Callable, key: str | None = None) -> None:
     """Shared by strip-head and truncate: load, edit, check the output, write unless --dry-run, report."""
-    from ..io import check_output, load
+    from ..io import check_output
 
-    tree = load(src)
+    tree = load_input(src, key, quiet or as_json, left_out=False)  # the report's notes say what was left out
     edited, report = edit(tree)
     fmt = check_output(edited, output, force=force)
     _write(kind, edited, output, fmt, force=force, dry_run=dry_run, quiet=quiet or as_json)
@@ -43,8 +47,11 @@ def _print_layer_edit(document: dict) -> None:
         click.echo(f"keeping what computes {_printable(document['after'])}" if graph else f"keeping the layers up to and including {_printable(document['after'])}")
     layers = document["removed_layers"]
     click.echo(f"removed {len(layers)} {'nodes' if graph else 'layers'}: {_printable(', '.join(layers)) or '-'}")
-    for row in document["removed_tensors"]:
+    rows, more = _capped(document["removed_tensors"])
+    for row in rows:
         click.echo(f"  {_printable(row['name'])}  {row['was']}")
+    if more:
+        click.echo(f"  {more}")
     for note in document["notes"]:
         click.echo(f"note: {_printable(note)}")
     verb = "would write" if document["dry_run"] else "wrote"
@@ -56,9 +63,11 @@ def _print_layer_edit(document: dict) -> None:
 @output_options
 @click.option("--head", "globs", multiple=True, metavar="GLOB", help="Layers or tensors to remove (repeatable). Default: detect the classification top.")
 @click.option("--family", type=click.Choice(["keras-applications", "torchvision", "timm", "ssd"]), help="Use this family's top from the head table instead of detecting (ssd: its *_mbox_conf/*_mbox_loc layers).")
+@key_option
 @json_option
 @quiet_option
-def strip_head(src: Path, output: Path, force: bool, dry_run: bool, globs: tuple[str, ...], family: str | None, as_json: bool, quiet: bool) -> None:
+@verbose_option
+def strip_head(src: Path, output: Path, force: bool, dry_run: bool, globs: tuple[str, ...], family: str | None, as_json: bool, quiet: bool, key: str | None = None) -> None:
     """Remove the classification head, keeping every other weight unchanged.
 
     The head is found from a Keras full model's graph (walking back from the
@@ -78,16 +87,18 @@ def strip_head(src: Path, output: Path, force: bool, dry_run: bool, globs: tuple
     """
     from ..ops.strip import strip_head as strip
 
-    _layer_command("strip-head", src, output, force, dry_run, as_json, quiet, lambda tree: strip(tree, globs, family))
+    _layer_command("strip-head", src, output, force, dry_run, as_json, quiet, lambda tree: strip(tree, globs, family), key)
 
 
 @click.command()
 @click.argument("src", type=click.Path(path_type=Path))
 @output_options
 @click.option("--after", required=True, metavar="LAYER", help="The last layer to keep (a PyTorch module name such as layer3 keeps all of it).")
+@key_option
 @json_option
 @quiet_option
-def truncate(src: Path, output: Path, force: bool, dry_run: bool, after: str, as_json: bool, quiet: bool) -> None:
+@verbose_option
+def truncate(src: Path, output: Path, force: bool, dry_run: bool, after: str, as_json: bool, quiet: bool, key: str | None = None) -> None:
     """Keep the layers up to and including LAYER, in the checkpoint's own order.
 
     The order is a Keras file's layer list (layer_names) or the PyTorch key
@@ -102,9 +113,23 @@ def truncate(src: Path, output: Path, force: bool, dry_run: bool, after: str, as
     """
     from ..ops.strip import truncate as cut
 
-    _layer_command("truncate", src, output, force, dry_run, as_json, quiet, lambda tree: cut(tree, after))
+    _layer_command("truncate", src, output, force, dry_run, as_json, quiet, lambda tree: cut(tree, after), key)
 
 # -- re-initialisation: reinit, adapt-input -------------------------------------------
+
+
+def _check_init(text: str) -> None:
+    from ..ops.reinit import parse_init
+
+    parse_init(text, "--init")
+
+
+def _check_bias_init(text: str) -> None:
+    from ..errors import OperationError
+    from ..ops.reinit import parse_init
+
+    if parse_init(text, "--bias-init").needs_fans:
+        raise OperationError(f"--bias-init {text} needs fans, which a bias has not", "--bias-init", "use zeros, ones, constant:V or normal:STD")
 
 
 def _write_reinit(label: str, src: Path, edited, report, output: Path, force: bool, dry_run: bool, quiet: bool) -> dict:
@@ -120,13 +145,15 @@ def _write_reinit(label: str, src: Path, edited, report, output: Path, force: bo
 @click.argument("src", type=click.Path(path_type=Path))
 @output_options
 @click.option("--layers", "layer_globs", multiple=True, required=True, metavar="GLOB", help="Layers (or tensors) to re-initialise (repeatable); '*' crosses '/' and '.'.")
-@click.option("--init", required=True, metavar="NAME", help="Kernels: xavier_uniform, xavier_normal, kaiming_uniform, kaiming_normal, normal:STD, zeros, ones or constant:V.")
-@click.option("--bias-init", default="zeros", show_default=True, metavar="NAME", help="Biases: zeros, ones, constant:V or normal:STD.")
+@click.option("--init", required=True, type=Checked("NAME", _check_init), help="Kernels: xavier_uniform, xavier_normal, kaiming_uniform, kaiming_normal, normal:STD, zeros, ones or constant:V.")
+@click.option("--bias-init", default="zeros", show_default=True, type=Checked("NAME", _check_bias_init), help="Biases: zeros, ones, constant:V or normal:STD.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed; each tensor draws from its own generator seeded by (seed, its name).")
-@click.option("--layout", type=click.Choice(["keras", "torch"]), help="Kernel layout, when the file does not say: keras (..., in, out) or torch (out, in, ...).")
+@click.option("--layout", type=click.Choice(["keras", "torch"]), help="Kernel layout: keras (..., in, out) or torch (out, in, ...). Default: what the file says, else what the names show (kernel/gamma: keras; weight/running_mean: torch).")
+@key_option
 @json_option
 @quiet_option
-def reinit(src: Path, output: Path, force: bool, dry_run: bool, layer_globs: tuple[str, ...], init: str, bias_init: str, seed: int, layout: str | None, as_json: bool, quiet: bool) -> None:
+@verbose_option
+def reinit(src: Path, output: Path, force: bool, dry_run: bool, layer_globs: tuple[str, ...], init: str, bias_init: str, seed: int, layout: str | None, as_json: bool, quiet: bool, key: str | None = None) -> None:
     """Re-initialise the tensors of some layers; everything else is copied unchanged.
 
     \b
@@ -151,17 +178,19 @@ def reinit(src: Path, output: Path, force: bool, dry_run: bool, layer_globs: tup
       surgery reinit vgg16.h5 -o vgg16_new_top.h5 --layers 'fc*' --layers predictions --init xavier_uniform --seed 1
       surgery reinit model.safetensors -o out.safetensors --layers 'head.*' --init normal:0.01 --layout torch
     """
-    from ..io import load
     from ..ops.reinit import reinit as reinit_op
 
-    edited, report = reinit_op(load(src), layer_globs, init, seed=seed, bias_init=bias_init, layout=layout)
+    edited, report = reinit_op(load_input(src, key, quiet or as_json), layer_globs, init, seed=seed, bias_init=bias_init, layout=layout)
     document = _write_reinit("reinit", src, edited, report, output, force, dry_run, quiet or as_json)
     document.update(seed=seed, tensors=report.facts["tensors"])
     if as_json:
         _emit_json(document)
     elif not quiet:
-        for change in report.changes:
+        changes, more = _capped(report.changes)
+        for change in changes:
             click.echo(f"{_printable(change.name)}  {change.before}  {change.detail}")
+        if more:
+            click.echo(more)
         for note in document["notes"]:
             click.echo(f"note: {_printable(note)}")
         verb = "would write" if dry_run else "wrote"
@@ -171,12 +200,13 @@ def reinit(src: Path, output: Path, force: bool, dry_run: bool, layer_globs: tup
 @click.command("adapt-input")
 @click.argument("src", type=click.Path(path_type=Path))
 @output_options
-@click.option("--channels", type=int, required=True, metavar="N", help="Input channels the new model takes (1 for grayscale).")
+@click.option("--channels", type=click.IntRange(min=1), required=True, metavar="N", help="Input channels the new model takes (1 for grayscale).")
 @click.option("--layer", metavar="NAME", help="The conv layer (or kernel tensor) to adapt; default: the first conv with 3 input channels.")
-@click.option("--layout", type=click.Choice(["keras", "torch"]), help="Kernel layout, when the file does not say: keras (HWIO) or torch (OIHW).")
+@click.option("--layout", type=click.Choice(["keras", "torch"]), help="Kernel layout: keras (HWIO) or torch (OIHW). Default: what the file says, else what the names show.")
+@key_option
 @json_option
 @quiet_option
-def adapt_input(src: Path, output: Path, force: bool, dry_run: bool, channels: int, layer: str | None, layout: str | None, as_json: bool, quiet: bool) -> None:
+def adapt_input(src: Path, output: Path, force: bool, dry_run: bool, channels: int, layer: str | None, layout: str | None, as_json: bool, quiet: bool, key: str | None = None) -> None:
     """Change the input channels of a model's first conv from RGB to N channels.
 
     The rule is timm's adapt_input_conv, on the input axis (2 in Keras HWIO,
@@ -191,10 +221,9 @@ def adapt_input(src: Path, output: Path, force: bool, dry_run: bool, channels: i
       surgery adapt-input resnet50.pt -o resnet50_gray.safetensors --channels 1
       surgery adapt-input model.weights.h5 -o rgbn.weights.h5 --channels 4 --layer conv1
     """
-    from ..io import load
     from ..ops.reinit import adapt_input as adapt_op
 
-    edited, report = adapt_op(load(src), channels, layer=layer, layout=layout)
+    edited, report = adapt_op(load_input(src, key, quiet or as_json), channels, layer=layer, layout=layout)
     document = _write_reinit("adapt-input", src, edited, report, output, force, dry_run, quiet or as_json)
     document.update(report.facts)
     if as_json:

@@ -8,6 +8,9 @@ import click
 
 from .common import (
     _MAP_HELP,
+    Checked,
+    _capped,
+    _check_flatten_shape,
     _first,
     _name_summary,
     _parse_flatten_shapes,
@@ -16,20 +19,32 @@ from .common import (
     _report,
     _write,
     json_option,
+    key_option,
+    load_input,
     name_options,
     output_options,
     quiet_option,
+    usage_error,
+    verbose_option,
 )
+
+
+def _check_rule(text: str) -> None:
+    from ..ops.names import _compile, parse_rule
+
+    _compile(*parse_rule(text))
 
 
 @click.command()
 @click.argument("src", type=click.Path(path_type=Path))
 @output_options
-@click.option("--map", "rules", multiple=True, metavar="REGEX=REPL", help=_MAP_HELP)
+@click.option("--map", "rules", multiple=True, type=Checked("REGEX=REPL", _check_rule), help=_MAP_HELP)
 @name_options
+@key_option
 @json_option
 @quiet_option
-def rename(src: Path, output: Path, force: bool, dry_run: bool, rules: tuple[str, ...], strip_prefix: str | None, drop: tuple[str, ...], keep: tuple[str, ...], as_json: bool, quiet: bool) -> None:
+@verbose_option
+def rename(src: Path, output: Path, force: bool, dry_run: bool, rules: tuple[str, ...], strip_prefix: str | None, drop: tuple[str, ...], keep: tuple[str, ...], as_json: bool, quiet: bool, key: str | None = None) -> None:
     """Rename, strip a prefix from, keep or drop tensors, and write OUTPUT.
 
     Steps run in this order: --strip-prefix, then --keep and --drop (globs,
@@ -46,14 +61,13 @@ def rename(src: Path, output: Path, force: bool, dry_run: bool, rules: tuple[str
       surgery rename model.h5 -o renamed.h5 --map '^conv(\\d+)_=block\\1_conv_'
       surgery rename model.safetensors -o body.safetensors --drop 'head.*' --drop '*.num_batches_tracked'
     """
-    from ..errors import OperationError
-    from ..io import check_output, load
+    from ..io import check_output
     from ..ops.names import apply_names
 
     parsed = _parse_rules(rules)
     if not (parsed or strip_prefix is not None or keep or drop):
-        raise OperationError("nothing to rename", "rename", "give --map REGEX=REPL, --strip-prefix, --keep or --drop")
-    tree, reports = apply_names(load(src), strip=strip_prefix, keep=keep, drop=drop, rules=parsed)
+        raise usage_error("nothing to rename: give --map REGEX=REPL, --strip-prefix, --keep or --drop")
+    tree, reports = apply_names(load_input(src, key, quiet or as_json), strip=strip_prefix, keep=keep, drop=drop, rules=parsed)
     fmt = check_output(tree, output, force=force)
     document = {"input": str(src), "output": str(output), "format": fmt, "dry_run": dry_run, "tensors": len(tree),
                 **_name_summary(reports), "notes": [n for r in reports for n in r.notes]}
@@ -62,8 +76,11 @@ def rename(src: Path, output: Path, force: bool, dry_run: bool, rules: tuple[str
 
 
 def _print_rename(document: dict) -> None:
-    for change in document["renamed"]:
+    renamed, more = _capped(document["renamed"])
+    for change in renamed:
         click.echo(f"{_printable(change['before'])} -> {_printable(change['after'])}")
+    if more:
+        click.echo(more)
     if document["dropped"]:
         click.echo(f"dropped {len(document['dropped'])} tensors: {_first(document['dropped'])}")
     for note in document["notes"]:
@@ -76,13 +93,16 @@ def _print_rename(document: dict) -> None:
 @click.argument("pretrained", type=click.Path(path_type=Path))
 @click.argument("target", type=click.Path(path_type=Path))
 @output_options
-@click.option("--map", "rules", multiple=True, metavar="REGEX=REPL", help=_MAP_HELP + " Applied to PRETRAINED's names (after layout conversion).")
+@click.option("--map", "rules", multiple=True, type=Checked("REGEX=REPL", _check_rule), help=_MAP_HELP + " Applied to PRETRAINED's names (after layout conversion).")
+@click.option("--rules", "rules_file", type=click.Path(path_type=Path, dir_okay=False), metavar="FILE", help="More rename rules for PRETRAINED's names, after --map: a JSON list of [regex, replacement] pairs, or TOML rules = [[...]] (.toml), as `surgery convert --rules`.")
 @click.option("--strip-prefix", metavar="PREFIX", help="Remove PREFIX from PRETRAINED's names first, e.g. 'module.'.")
 @click.option("--strict", is_flag=True, help="Fail unless every tensor matches by name and shape, both ways.")
-@click.option("--flatten-shape", "flatten_shapes", multiple=True, metavar="LAYER=H,W,C", help="Keras layouts only: the Dense after a Flatten and the Flatten's input shape (see `surgery convert --help`).")
+@click.option("--flatten-shape", "flatten_shapes", multiple=True, type=Checked("LAYER=H,W,C", _check_flatten_shape), help="Keras layouts only: the Dense after a Flatten and the Flatten's input shape (see `surgery convert --help`).")
+@key_option
 @json_option
 @quiet_option
-def transplant(pretrained: Path, target: Path, output: Path, force: bool, dry_run: bool, rules: tuple[str, ...], strip_prefix: str | None, strict: bool, flatten_shapes: tuple[str, ...], as_json: bool, quiet: bool) -> None:
+@verbose_option
+def transplant(pretrained: Path, target: Path, output: Path, force: bool, dry_run: bool, rules: tuple[str, ...], rules_file: Path | None, strip_prefix: str | None, strict: bool, flatten_shapes: tuple[str, ...], as_json: bool, quiet: bool, key: str | None = None) -> None:
     """Load PRETRAINED's weights into TARGET by name, and write OUTPUT.
 
     Like load_state_dict(strict=False), as a file: every TARGET tensor whose
@@ -93,6 +113,7 @@ def transplant(pretrained: Path, target: Path, output: Path, force: bool, dry_ru
     lists copied, missing (TARGET only), unexpected (PRETRAINED only) and
     mismatched (same name, other shape) tensors. A Keras PRETRAINED and a
     PyTorch TARGET (or the reverse) are converted between layouts first.
+    --key chooses the state dict inside PRETRAINED (a training checkpoint).
 
     \b
     Examples:
@@ -101,15 +122,16 @@ def transplant(pretrained: Path, target: Path, output: Path, force: bool, dry_ru
       surgery transplant old.safetensors init.safetensors -o start.safetensors --map '^encoder\\.=backbone.'
       surgery transplant keras.h5 torch_init.safetensors -o start.safetensors --strict
       surgery transplant finetuned.safetensors model.onnx -o finetuned.onnx   (into an ONNX graph)
+      surgery transplant old.pt init.pt -o start.pt --rules names.toml
     """
     from ..atomic import check_destination
-    from ..io import check_output, load
+    from ..io import check_output
     from ..ops.names import strip_prefix as strip
     from ..ops.transplant import transplant as transplant_trees
 
-    parsed = _parse_rules(rules)
+    parsed = _parse_rules(rules) + _rules_from_file(rules_file)
     shapes = _parse_flatten_shapes(flatten_shapes)
-    source, into = load(pretrained), load(target)
+    source, into = load_input(pretrained, key, quiet or as_json), load_input(target, None, quiet or as_json)  # --key: PRETRAINED's
     stripped = None
     if strip_prefix is not None:
         source, stripped = strip(source, strip_prefix)
@@ -124,7 +146,18 @@ def transplant(pretrained: Path, target: Path, output: Path, force: bool, dry_ru
     _report(document, as_json, quiet, _print_transplant)
 
 
+def _rules_from_file(path: Path | None) -> list[tuple[str, str]]:
+    if path is None:
+        return []
+    from ..ops.layout import parse_rules
+
+    kind = "toml" if path.suffix.lower() == ".toml" else "json"
+    return list(parse_rules(path.read_text(encoding="utf-8"), kind, str(path)))
+
+
 def _transplant_summary(report) -> dict:
+    from ..ops.transplant import name_patterns
+
     changes = report.changes
     return {
         "counts": {kind: report.facts[kind] for kind in ("copied", "cast", "missing", "unexpected", "mismatched")},
@@ -133,6 +166,7 @@ def _transplant_summary(report) -> dict:
         "missing": report.names("missing"),
         "unexpected": report.names("unexpected"),
         "mismatched": [{"name": c.name, "pretrained": c.before, "target": c.after} for c in changes if c.kind == "mismatched"],
+        "patterns": {kind: name_patterns(report.names(kind)) for kind in ("missing", "unexpected", "mismatched")},
         "notes": list(report.notes),
     }
 
@@ -150,5 +184,9 @@ def _print_transplant(document: dict) -> None:
         (f"mismatched {counts['mismatched']} (shape differs, kept as initialised)", mismatched),
     ):
         click.echo(f"{label}: {_first(names)}" if names else label)
+        kind = label.split()[0]
+        groups = document["patterns"].get(kind, [])
+        if names and kind != "copied" and counts["copied"] and len(groups) < len(names):
+            click.echo("  by name: " + _first([f"{g['pattern']} ({g['count']})" for g in groups]))
     verb = "would write" if document["dry_run"] else "wrote"
     click.echo(f"{verb} {document['output']} ({document['format']})")

@@ -7,14 +7,17 @@ from pathlib import Path
 import click
 
 from .common import (
+    _capped,
     _printable,
     _report,
     _write,
     json_option,
+    key_option,
+    load_input,
     output_options,
     quiet_option,
+    verbose_option,
 )
-
 
 # -- recipe files: apply ---------------------------------------------------------------
 
@@ -23,17 +26,19 @@ from .common import (
 @click.argument("recipe", type=click.Path(path_type=Path))
 @click.argument("src", type=click.Path(path_type=Path))
 @output_options
+@key_option
 @json_option
 @quiet_option
-def apply(recipe: Path, src: Path, output: Path, force: bool, dry_run: bool, as_json: bool, quiet: bool) -> None:
+@verbose_option
+def apply(recipe: Path, src: Path, output: Path, force: bool, dry_run: bool, as_json: bool, quiet: bool, key: str | None = None) -> None:
     """Apply the steps of a RECIPE file (TOML or JSON) to SRC, and write OUTPUT once.
 
     Steps run in order on the lazy tree, so every step is checked before any
     tensor is read, and the data is computed once, while OUTPUT is written.
     Each step is {op = NAME, options...}; options are named as the command's
     flags (dashes or underscores). Operations: subsample, upsample, cast,
-    rename, strip-prefix, select, convert-layout, strip-head, truncate,
-    reinit, adapt-input. OUTPUT's suffix chooses its format.
+    rename, convert-layout, strip-head, truncate, reinit, adapt-input.
+    OUTPUT's suffix chooses its format.
 
     \b
     Example recipe (road.toml):
@@ -51,11 +56,11 @@ def apply(recipe: Path, src: Path, output: Path, force: bool, dry_run: bool, as_
       surgery apply road.toml ssd300_coco.h5 -o ssd300_road.h5 --dry-run
       surgery apply road.toml ssd300_coco.h5 -o ssd300_road.h5
     """
-    from ..io import check_output, load
+    from ..io import check_output
     from ..recipe import load_recipe, run_recipe
 
     steps = load_recipe(recipe)
-    tree = load(src)
+    tree = load_input(src, key, quiet or as_json)
     edited, reports = run_recipe(tree, steps)
     fmt = check_output(edited, output, force=force)
     _write("applying", edited, output, fmt, force=force, dry_run=dry_run, quiet=quiet or as_json)
@@ -79,11 +84,12 @@ def _print_recipe(document: dict) -> None:
         changes = step["report"]["changes"]
         kinds = ", ".join(f"{n} {kind}" for kind, n in _count_kinds(changes).items()) or "no tensor changed"
         click.echo(f"step {number}: {step['op']}: {kinds}")
-        for change in changes[:20]:
+        shown, more = _capped(changes)
+        for change in shown:
             after = f" -> {change['after']}" if change["after"] else ""
             click.echo(f"  {change['kind']} {_printable(change['name'])} {change['before']}{after}".rstrip())
-        if len(changes) > 20:
-            click.echo(f"  ... {len(changes) - 20} more (--json lists all)")
+        if more:
+            click.echo(f"  {more}")
         for note in step["report"]["notes"]:
             click.echo(f"  note: {note}")
     verb = "would write" if document["dry_run"] else "wrote"

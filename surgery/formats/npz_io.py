@@ -1,16 +1,17 @@
-"""NumPy .npz archives: a zip of .npy members, one per tensor.
+"""NumPy .npz archives: a zip of .npy members, one per tensor, and nothing else.
 
-numpy has no native bfloat16 or float8, so those tensors are stored as their
-raw bits (uint8/uint16 members) and their real dtype is recorded in the
-`__surgery__.json` member, beside the tree's metadata and convention. Plain
-numpy still reads every member; `surgery` reads them back bit-exactly.
-Packed sub-byte dtypes are stored as their packed bytes, with the logical
-shape recorded in the same member.
+An npz written here holds exactly the tree's tensors, so `np.load(f)` gives a state
+dict that `load_state_dict(strict=True)` accepts and `for k in np.load(f)` sees only
+tensors. npz has no slot for metadata, so it keeps no provenance, metadata or
+convention (the names tell the convention, see `surgery.conventions`), and dtypes numpy
+lacks (bfloat16, float8, packed fp4/fp6) are refused: write safetensors for those.
+
+Files written by earlier versions carry a `__surgery__.json` member (metadata,
+convention, the real dtype of raw-bit members); it is still read.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import zipfile
@@ -164,20 +165,33 @@ def _real_dtype(recorded: str | None, stored: np.dtype, where: str) -> dtypes.DT
 # -- writing ------------------------------------------------------------------------
 
 
+def check_writable(tree: Tree) -> None:
+    """What an npz cannot hold, refused before anything is written."""
+    for e in tree.values():
+        if "\x00" in e.name:
+            raise OutputError(f"tensor name {e.name!r} holds a NUL character", "npz", "rename it, or write safetensors")
+        if not dtypes.get(e.dtype).numpy_native:
+            raise OutputError(
+                f"npz cannot hold {e.dtype} tensors such as {e.name!r}: numpy has no such dtype",
+                "npz",
+                "write .safetensors, or cast with --dtype float32",
+            )
+
+
 def save(tree: Tree, path: Path, *, progress: Progress | None = None) -> None:
-    """Stream every tensor into a new .npz at `path`, one member at a time (stored, not deflated)."""
-    side: dict = {"metadata": tree.metadata, "convention": tree.convention.name, "dtypes": {}, "shapes": {}}
+    """Stream every tensor into a new .npz at `path`, one member at a time (stored, not deflated).
+
+    Members are exactly the tensors; metadata and provenance are not kept (npz has no place for them).
+    """
+    check_writable(tree)
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as z:
         for e in tree.entries():
-            if "\x00" in e.name:
-                raise OutputError(f"tensor name {e.name!r} holds a NUL character", "npz", "rename it, or write safetensors")
             with z.open(_member_info(e.name + ".npy"), "w", force_zip64=True) as f:
-                _write_npy_header(f, _member_layout(e, side))
+                _write_npy_header(f, _member_layout(e))
                 for chunk in e.iter_bytes():
                     f.write(chunk)
                     if progress:
                         progress(len(chunk))
-        z.writestr(_member_info(SIDE_MEMBER), json.dumps(side, ensure_ascii=False))
     with open(path, "rb") as f:
         os.fsync(f.fileno())
 
@@ -189,21 +203,10 @@ def _member_info(name: str) -> zipfile.ZipInfo:
     return info
 
 
-def _member_layout(e: Entry, side: dict) -> dict:
-    """The .npy header for an entry; dtypes numpy lacks are stored as raw bits and recorded."""
-    real = dtypes.get(e.dtype)
-    shape = e.shape
-    if real.packed:
-        stored = np.dtype("u1")
-        shape = (e.nbytes,)
-        side["shapes"][e.name] = list(e.shape)
-    elif real.numpy_native:
-        stored = real.numpy().newbyteorder("<")
-    else:
-        stored = np.dtype(f"<u{real.bits // 8}")
-    if stored.name != real.name:
-        side["dtypes"][e.name] = real.name
-    return {"descr": npy.dtype_to_descr(stored), "fortran_order": False, "shape": tuple(shape)}
+def _member_layout(e: Entry) -> dict:
+    """The .npy header for an entry (numpy's own dtype, little-endian)."""
+    stored = dtypes.get(e.dtype).numpy().newbyteorder("<")
+    return {"descr": npy.dtype_to_descr(stored), "fortran_order": False, "shape": tuple(e.shape)}
 
 
 def _write_npy_header(f, header: dict) -> None:

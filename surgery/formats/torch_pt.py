@@ -36,7 +36,7 @@ import numpy as np
 
 from .. import dtypes
 from ..errors import CorruptFileError, FormatError, SurgeryError, UnsafeFileError
-from ..tree import CONVENTIONS, TORCH, Entry, FileRange, Source, Tree
+from ..tree import CONVENTIONS, DROPPED_ON_READ, TORCH, Entry, FileRange, Source, Tree
 
 NAME = "torch"
 SUFFIXES = (".pt", ".pth")
@@ -44,7 +44,7 @@ SUFFIXES = (".pt", ".pth")
 CANNOT_WRITE = "write .safetensors instead, which torch loads with safetensors.torch.load_file"
 _FIX = "the file is corrupt or not a torch.save checkpoint; save it again"
 _TRUNCATED = "the file is truncated; copy or download it again"
-_UNSAFE_FIX = "surgery reads only tensors and plain containers; re-save with torch.save(model.state_dict(), path)"
+_UNSAFE_FIX = "surgery reads only tensors and plain containers and never runs a checkpoint's code; save model.state_dict() where the model is built"
 MAX_PICKLE = 256 << 20  # a state dict's pickle holds names and shapes only; more is not a checkpoint
 
 # Containers that wrap a state dict in training checkpoints, in the order we look for them.
@@ -147,6 +147,34 @@ def _rebuild_parameter(data, *_ignored) -> Any:
     return data
 
 
+class _Refused:
+    """What the unpickler returns for a global it does not allow: an inert placeholder.
+
+    Nothing of the named class is imported or run. Calling it, building it or filling it
+    (what a pickle does to a foreign object) only gives more placeholders, so the rest of
+    the pickle still reads; a state dict that contains one is refused by name (`_state_dict`),
+    and entries beside the state dict that hold one are skipped and reported.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"<{self.name}, not loaded>"
+
+    def __call__(self, *_args: Any, **_kwargs: Any) -> _Refused:
+        return _Refused(self.name)
+
+    def __setitem__(self, _key: Any, _value: Any) -> None:
+        pass
+
+    def append(self, _value: Any) -> None:
+        pass
+
+    def extend(self, _values: Any) -> None:
+        pass
+
+
 def _ordered_dict(*args: Any) -> collections.OrderedDict:
     return collections.OrderedDict(*args)
 
@@ -181,18 +209,23 @@ class _Unpickler(pickle._Unpickler):  # the Python unpickler: its opcodes can be
         super().__init__(file)
         self.where, self.storages, self.legacy = where, storages, legacy
         self.views: dict[str, _StorageRef] = {}
+        self.refused: list[str] = []  # globals replaced by placeholders, in the order asked for
 
     def find_class(self, module: str, name: str) -> Any:
         try:
             return _ALLOWED[(module, name)]
         except (KeyError, TypeError):
-            raise UnsafeFileError(f"the checkpoint asks to load {module}.{name}, which is not a tensor or container", self.where, _UNSAFE_FIX) from None
+            # Not imported, never run: a placeholder, refused by name if the state dict needs it.
+            self.refused.append(f"{module}.{name}")
+            return _Refused(f"{module}.{name}")
 
     def persistent_load(self, pid: Any) -> _StorageRef:
         fields = 6 if self.legacy else 5
         if self.storages is None or not (
             isinstance(pid, tuple) and len(pid) == fields and pid[0] == "storage" and isinstance(pid[1], _StorageType)
         ):
+            if self.refused:  # a whole pickled module names its class first: say that class
+                raise _refusal(self.refused[0], self.where)
             raise UnsafeFileError(f"the checkpoint holds an unknown persistent object {str(pid)[:60]!r}", self.where, _UNSAFE_FIX)
         kind, key, numel = pid[1], str(pid[2]), _count(pid[4], "storage size")
         _check_supported(kind.dtype)
@@ -220,6 +253,8 @@ class _Unpickler(pickle._Unpickler):  # the Python unpickler: its opcodes can be
         # any other object that asks for its state to be set is not a state dict.
         state = self.stack.pop()
         inst = self.stack[-1]
+        if type(inst) is _Refused:
+            return  # a placeholder keeps no state
         if type(inst) is not collections.OrderedDict:
             raise UnsafeFileError(f"the checkpoint asks to set the state of a {_kind(inst)}, which is not a container", self.where, _UNSAFE_FIX)
         if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
@@ -237,6 +272,25 @@ class _Unpickler(pickle._Unpickler):  # the Python unpickler: its opcodes can be
         dispatch[_opcode[0]] = _extension
     del _opcode
 
+    def _newobj(self) -> None:
+        # cls.__new__(cls, *args) in pickle; here only a placeholder can be "created" this way
+        # (the allowlist's containers and tensors are all rebuilt by REDUCE).
+        args = self.stack.pop()
+        self._create(self.stack.pop(), args)
+
+    def _newobj_ex(self) -> None:
+        self.stack.pop()  # keyword arguments: nothing to pass them to
+        args = self.stack.pop()
+        self._create(self.stack.pop(), args)
+
+    def _create(self, cls: Any, args: Any) -> None:
+        if type(cls) is not _Refused:
+            raise pickle.UnpicklingError(f"NEWOBJ on a {_kind(cls)}")
+        self.append(cls(*args))
+
+    dispatch[pickle.NEWOBJ[0]] = _newobj
+    dispatch[pickle.NEWOBJ_EX[0]] = _newobj_ex
+
 
 def _count(value: Any, what: str) -> int:
     if type(value) is not int or value < 0:
@@ -249,23 +303,46 @@ def _kind(obj: Any) -> str:
     return kinds.get(type(obj), "function" if callable(obj) else type(obj).__name__)
 
 
-def _unpickle(file: BinaryIO, where: str, storages: dict[str, _StorageRef] | None = None, legacy: bool = False) -> Any:
-    """One pickle from `file` through the restricted unpickler; any failure is one error."""
+def _unpickle(
+    file: BinaryIO, where: str, storages: dict[str, _StorageRef] | None = None, legacy: bool = False, refused: list[str] | None = None
+) -> Any:
+    """One pickle from `file` through the restricted unpickler; any failure is one error.
+
+    Globals outside the allowlist become placeholders and are listed in `refused`; without
+    that list (the legacy header pickles) the first one is an error at once.
+    """
+    unpickler = _Unpickler(file, where, storages, legacy)
     try:
-        return _Unpickler(file, where, storages, legacy).load()
+        obj = unpickler.load()
+        if unpickler.refused and refused is None:
+            raise _refusal(unpickler.refused[0], where)
+        if refused is not None:
+            refused.extend(unpickler.refused)
+        return obj
     except SurgeryError:
         raise
-    except _UnsupportedDtype as e:
-        raise FormatError(
+    except Exception as e:
+        if unpickler.refused:  # the placeholders, not the file, made the pickle fail
+            raise _refusal(unpickler.refused[0], where) from None
+        raise _unpickling_failed(e, where) from (None if isinstance(e, _UnsupportedDtype) else e)
+
+
+def _refusal(name: str, where: str, fix: str = "") -> UnsafeFileError:
+    return UnsafeFileError(f"the checkpoint asks to load {name}, which is not a tensor or container", where, fix or _UNSAFE_FIX)
+
+
+def _unpickling_failed(e: Exception, where: str) -> SurgeryError:
+    if isinstance(e, _UnsupportedDtype):
+        return FormatError(
             f"the checkpoint holds {e} tensors, which surgery does not support",
             where,
             "convert or remove those tensors in torch first (complex128 can become complex64)",
-        ) from None
-    except EOFError as e:
-        raise CorruptFileError("the checkpoint's pickle ends early", where, _FIX) from e
-    except Exception as e:  # noqa: BLE001 - whatever a malformed pickle does, it is a corrupt file
-        detail = f"{type(e).__name__}: {e}" if not isinstance(e, pickle.UnpicklingError) else str(e)
-        raise CorruptFileError(f"cannot read the checkpoint ({detail[:160]})", where, _FIX) from e
+        )
+    if isinstance(e, EOFError):
+        return CorruptFileError("the checkpoint's pickle ends early", where, _FIX)
+    # whatever else a malformed pickle does, it is a corrupt file
+    detail = f"{type(e).__name__}: {e}" if not isinstance(e, pickle.UnpicklingError) else str(e)
+    return CorruptFileError(f"cannot read the checkpoint ({detail[:160]})", where, _FIX)
 
 
 # -- reading ------------------------------------------------------------------------
@@ -322,19 +399,24 @@ def load(path: Path, key: str | None = None) -> Tree:
     path = Path(path)
     with open(path, "rb") as f:
         legacy = _is_legacy(f.read(32))
-    obj, storages = (_read_legacy if legacy else _read_zip)(path)
-    holder, chosen = _state_dict(obj, key, str(path))
+    refused: list[str] = []
+    obj, storages = (_read_legacy if legacy else _read_zip)(path, refused)
+    holder, chosen = _state_dict(obj, key, str(path), refused)
     state = _tensors(holder)
     entries = [_entry(path, str(name), ref, storages) for name, ref in state.items()]
     metadata = _surgery_metadata(holder, obj)
     convention = CONVENTIONS.get(metadata.pop(CONVENTION_KEY, ""), TORCH)
+    format_state = {}
     if chosen:
         metadata["surgery.torch_key"] = chosen
-    return Tree(entries, format=NAME, convention=convention, metadata=metadata)
+        left = _left_out(obj, chosen)
+        if left:
+            format_state[DROPPED_ON_READ] = "; ".join(left)
+    return Tree(entries, format=NAME, convention=convention, metadata=metadata, format_state=format_state)
 
 
-def _read_zip(path: Path) -> tuple[Any, dict[str, FileRange]]:
-    """The object in data.pkl, and where each storage's bytes are."""
+def _read_zip(path: Path, refused: list[str]) -> tuple[Any, dict[str, FileRange]]:
+    """The object in data.pkl, and where each storage's bytes are; refused globals go to `refused`."""
     where = str(path)
     try:
         with zipfile.ZipFile(path) as z:
@@ -346,7 +428,7 @@ def _read_zip(path: Path) -> tuple[Any, dict[str, FileRange]]:
                 raise CorruptFileError(f"data.pkl claims {info.file_size} bytes", where, _FIX)
             prefix = pkl[: -len("data.pkl")]
             storages: dict[str, _StorageRef] = {}
-            obj = _unpickle(io.BytesIO(z.read(pkl)), where, storages)
+            obj = _unpickle(io.BytesIO(z.read(pkl)), where, storages, refused=refused)
             members = {i.filename: i for i in z.infolist()}
     except zipfile.BadZipFile as e:
         raise FormatError("not a torch.save checkpoint (neither a zip archive nor the legacy format)", where, _FIX) from e
@@ -397,7 +479,7 @@ class _Bounded(io.RawIOBase):
         return line
 
 
-def _read_legacy(path: Path) -> tuple[Any, dict[str, FileRange]]:
+def _read_legacy(path: Path, refused: list[str]) -> tuple[Any, dict[str, FileRange]]:
     """Walk the legacy layout once: the five pickles, then each storage's count and place."""
     where = str(path)
     size = path.stat().st_size
@@ -405,7 +487,7 @@ def _read_legacy(path: Path) -> tuple[Any, dict[str, FileRange]]:
         pickles = _Bounded(f, min(size, MAX_PICKLE))
         _legacy_header(pickles, where)
         storages: dict[str, _StorageRef] = {}
-        obj = _unpickle(pickles, where, storages, legacy=True)
+        obj = _unpickle(pickles, where, storages, legacy=True, refused=refused)
         keys = _unpickle(pickles, where)
         if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
             raise CorruptFileError("the storage key list is not a list of names", where, _FIX)
@@ -457,20 +539,75 @@ def _tensors(d: Any) -> dict[str, _TensorRef] | None:
     return found if found or not d else None
 
 
-def _state_dict(obj: Any, key: str | None, where: str) -> tuple[dict, str]:
-    """The dict that holds the tensors, and the container key it was under ("" for the top)."""
+def _state_dict(obj: Any, key: str | None, where: str, refused: list[str]) -> tuple[dict, str]:
+    """The dict that holds the tensors, and the container key it was under ("" for the top).
+
+    Placeholders for refused globals may sit beside the state dict (a Lightning checkpoint's
+    hyper_parameters): with --key they are skipped (and reported), without it the first is
+    refused by name, and the fix names the key that reads without it. Anywhere inside the
+    chosen state dict they are refused.
+    """
+    if isinstance(obj, _Refused):
+        raise _refusal(obj.name, where)
+    if key is None and refused:
+        found = [k for k in _containers(obj) if not _refused_in(obj[k])]
+        fix = f"surgery never runs a checkpoint's code; its state dict {found[0]!r} reads without it: pass --key {found[0]}" if found else ""
+        raise _refusal(refused[0], where, fix)
     if key is not None:
-        if not isinstance(obj, dict) or key not in obj or _tensors(obj[key]) is None:
-            keys = ", ".join(str(k) for k in obj) if isinstance(obj, dict) else "none"
-            raise FormatError(f"no state dict under key {key!r}", where, f"choose one of: {keys}")
-        return obj[key], key
+        holder = _keyed(obj, key, where)
+    elif _tensors(obj):
+        holder, key = obj, ""
+    else:
+        found = _containers(obj)
+        if not found:
+            raise FormatError("no state dict of tensors found in the checkpoint", where, "pass --key NAME for the entry that holds it")
+        key = found[0]
+        holder = obj[key]
+    inside = _refused_in(holder)
+    if inside:
+        raise _refusal(inside[0], where)
+    return holder, key
+
+
+def _keyed(obj: Any, key: str, where: str) -> dict:
     if _tensors(obj):
-        return obj, ""
-    if isinstance(obj, dict):
-        for k in CONTAINER_KEYS:
-            if k in obj and _tensors(obj[k]):
-                return obj[k], k
-    raise FormatError("no state dict of tensors found in the checkpoint", where, "pass --key NAME for the entry that holds it")
+        raise FormatError(
+            f"--key {key}: the checkpoint is a bare state dict of {len(_tensors(obj))} tensors, with no entries to choose from",
+            where,
+            "drop --key",
+        )
+    if isinstance(obj, dict) and key in obj and _tensors(obj[key]) is not None:
+        return obj[key]
+    found = _containers(obj)
+    keys = ", ".join(found) if found else ", ".join(str(k) for k in obj) if isinstance(obj, dict) else "none"
+    raise FormatError(f"no state dict under key {key!r}", where, f"choose one of: {keys}")
+
+
+def _containers(obj: Any) -> list[str]:
+    """Top-level keys that hold a state dict, CONTAINER_KEYS first (in their order), then the rest."""
+    if not isinstance(obj, dict):
+        return []
+    holding = [k for k, v in obj.items() if isinstance(k, str) and _tensors(v)]
+    return [k for k in CONTAINER_KEYS if k in holding] + [k for k in holding if k not in CONTAINER_KEYS]
+
+
+def _left_out(obj: dict, chosen: str) -> list[str]:
+    """What the reader leaves beside the chosen state dict, for the report: other state dicts, refused entries."""
+    left = [f"{k!r} (another state dict, {len(_tensors(obj[k]))} tensors; --key {k} reads it)" for k in _containers(obj) if k != chosen]
+    for k, v in obj.items():
+        names = _refused_in(v)
+        if names and k != chosen:
+            left.append(f"{k!r} (holds {', '.join(dict.fromkeys(names))}: skipped, not unpickled)")
+    return left
+
+
+def _refused_in(value: Any, depth: int = 0) -> list[str]:
+    if isinstance(value, _Refused):
+        return [value.name]
+    if depth > 20:
+        return []
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else ()
+    return [name for item in items for name in _refused_in(item, depth + 1)]
 
 
 def _surgery_metadata(*holders: Any) -> dict[str, str]:

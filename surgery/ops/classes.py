@@ -26,7 +26,7 @@ import numpy as np
 from .. import dtypes
 from ..errors import OperationError
 from ..graph import graph_of
-from ..heads import CLASS_HEADS, HeadPattern
+from ..heads import CLASS_HEADS, HeadPattern, unwrapped
 from ..keras_config import follow_class_plan
 from ..labels import follow as follow_labels
 from ..labels import prepare as prepare_names
@@ -76,6 +76,7 @@ class LayerPlan:
     axis: int
     channel_map: tuple[Channel, ...]
     why: str
+    background: str = "none"  # the head's background class: "first", "last" or "none" (surgery.heads)
 
     @property
     def new_channels(self) -> int:
@@ -98,6 +99,11 @@ class ClassPlan:
     @property
     def adds_classes(self) -> bool:
         return any(c is None for c in self.classes)
+
+    @property
+    def background_first(self) -> bool:
+        """The heads are a detection family's whose class 0 is background (SSD, Faster R-CNN)."""
+        return any(lp.background == "first" for lp in self.layers)
 
     def to_json(self, tree: Tree) -> dict[str, object]:
         return {
@@ -175,7 +181,7 @@ def channel_map(
         every = tuple(range(K))
         out.extend(every if c is None else c for c in classes)
     else:
-        raise OperationError(f"unknown layout {layout!r}", "--layout", f"use one of: {', '.join(LAYOUTS)}")
+        raise OperationError(f"unknown layout {layout!r}", "--class-layout", f"use one of: {', '.join(LAYOUTS)}")
     return out
 
 
@@ -265,6 +271,10 @@ def plan_classes(
         )
     K, k_why = _source_class_count(tree, chosen, source_classes, anchors, anchors_per_layer)
     notes: list[str] = []
+    if axis is None and tree.convention.out_axis is None:
+        from ..conventions import convention_of
+
+        notes.append(f"class axis from the names: {convention_of(tree).why}; pass --axis to override")
     picked = _pick_classes(K, classes, num_classes, seed, chosen, notes)
     for c in picked:
         if c is not None and not 0 <= c < K:
@@ -291,7 +301,7 @@ def plan_classes(
             )
         how = _anchor_reason(c, n_anchors, K, anchors, anchors_per_layer, k_why)
         cmap = channel_map(c.layout, K, n_anchors, picked, fields=c.fields, group=c.group)
-        plans.append(LayerPlan(c.name, c.layout, c.channels, n_anchors, c.fields, c.group, c.tensors, c.axis, tuple(cmap), f"{c.why}; {how}"))
+        plans.append(LayerPlan(c.name, c.layout, c.channels, n_anchors, c.fields, c.group, c.tensors, c.axis, tuple(cmap), f"{c.why}; {how}", c.row.background if c.row else "none"))
     return ClassPlan(K, tuple(picked), tuple(plans), tuple(notes))
 
 
@@ -323,12 +333,14 @@ def _choose_layers(
         for family in dict.fromkeys(r.family for r in CLASS_HEADS):
             rows = [r for r in CLASS_HEADS if r.family == family]
             for name in all_layers:
-                row = next((r for r in rows if matches(name, r.layers)), None)
+                row = next((r for r in rows if matches(unwrapped(name), r.layers)), None)
                 if row is not None:
-                    glob = next(g for g in row.layers if matches(name, [g]))
+                    glob = next(g for g in row.layers if matches(unwrapped(name), [g]))
                     chosen.append(_Layer(name, row, f"{family} head ({row.role}: {glob})"))
             if chosen:
                 break
+        if not chosen:
+            chosen = _score_layer_from_graph(tree)
         if not chosen:
             raise OperationError(
                 "no classifier layer found",
@@ -340,6 +352,14 @@ def _choose_layers(
     return chosen
 
 
+def _score_layer_from_graph(tree: Tree) -> list[_Layer]:
+    """The layer strip-head finds from a Keras model graph (the one making the class scores)."""
+    from .strip import score_layer
+
+    found = score_layer(tree)
+    return [_Layer(found[0], None, found[1])] if found else []
+
+
 def _describe(tree: Tree, c: _Layer, layout: str | None, axis: int | None, fields: int | None, group: int | None) -> None:
     """Fill in a layer's layout, class axis, channel count and the tensors that move."""
     c.layout = layout or (c.row.layout if c.row else "plain")
@@ -349,10 +369,13 @@ def _describe(tree: Tree, c: _Layer, layout: str | None, axis: int | None, field
         c.group = group if group is not None else (c.row.group if c.row and c.row.group > 1 else DEFAULT_GROUP)
     given_axis = axis
     if axis is None:
-        axis = tree.convention.out_axis
+        from ..conventions import convention_of
+
+        inferred = convention_of(tree)
+        axis = inferred.convention.out_axis
         if axis is None:
             raise OperationError(
-                "the checkpoint does not say which axis of a weight is its output axis",
+                f"the checkpoint does not say which axis of a weight is its output axis, and {inferred.why}",
                 c.name,
                 "pass --axis -1 for Keras layout or --axis 0 for PyTorch layout",
             )
@@ -473,9 +496,9 @@ def _anchor_reason(c: _Layer, n_anchors: int, K: int, anchors: int | None, per_l
 
 def _what_fits(c: _Layer) -> str:
     if c.layout == "plain":
-        return f"pass --source-classes {c.channels}, or --layout if this layer is not a plain classifier"
+        return f"pass --source-classes {c.channels}, or --class-layout if this layer is not a plain classifier"
     if c.layout == "class-major":
-        return f"its channel count must be {c.group} × classes; check --layout and --source-classes"
+        return f"its channel count must be {c.group} × classes; check --class-layout and --source-classes"
     options = [a for a in range(1, min(c.channels, 64) + 1) if _classes_in(c.layout, c.channels, a, c.fields, c.group)]
     pairs = ", ".join(f"{a} anchors × {_classes_in(c.layout, c.channels, a, c.fields, c.group)} classes" for a in options[:8])
     return f"values that fit {c.channels} channels: {pairs}; pass --anchors {c.name}=A or --source-classes K"
@@ -556,6 +579,15 @@ def resample_classes(tree: Tree, classes=None, *, init: str = "gaussian", seed: 
     edited, report = apply_plan(tree, plan, init=init, seed=seed, labels=named.names(plan))
     report.notes[:0] = named.notes
     return edited, report
+
+
+def check_init(init: str) -> None:
+    """Refuse an init name that no plan accepts (copy:C is checked against the plan later)."""
+    if init.startswith("copy:"):
+        if not init.split(":", 1)[1].isdigit():
+            raise OperationError(f"--init {init} names no source class", "--init", "use copy:C with C a class index")
+    elif init not in ("gaussian", "zeros", "xavier", "mean"):
+        raise OperationError(f"unknown --init {init!r}", "--init", f"use one of: {', '.join(INITS)}")
 
 
 def _parse_init(init: str, plan: ClassPlan) -> int | None:

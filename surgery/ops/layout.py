@@ -184,6 +184,10 @@ def convert_layout(
     start = _source(tree, source)
     report = Report("convert-layout")
     report.facts.update({"from": start.name, "to": target.name})
+    if tree.convention == UNKNOWN and source is None:
+        from ..conventions import infer_convention
+
+        report.notes.append(f"{start} layout inferred: {infer_convention(tree.keys()).why}; pass --from-layout to override")
     if start == target:
         report.notes.append(f"already in {target.name} layout; nothing changed")
         return tree, report
@@ -262,11 +266,16 @@ def _source(tree: Tree, source: str | None):
     given = None if source is None else (TORCH if source == "torch" else KERAS)
     if tree.convention == UNKNOWN:
         if given is None:
-            raise OperationError(
-                "the checkpoint does not say whether its weights are in Keras or PyTorch layout",
-                "--layout",
-                "say which with --from-layout keras or --from-layout torch",
-            )
+            from ..conventions import infer_convention
+
+            inferred = infer_convention(tree.keys())
+            if inferred.convention == UNKNOWN:
+                raise OperationError(
+                    f"the checkpoint does not say whether its weights are in Keras or PyTorch layout, and {inferred.why}",
+                    "--layout",
+                    "say which with --from-layout keras or --from-layout torch",
+                )
+            return inferred.convention
         return given
     if given is not None and given != tree.convention:
         raise OperationError(

@@ -51,6 +51,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import dtypes
+from ..conventions import convention_of
 from ..errors import OperationError
 from ..keras_config import follow_input_channels
 from ..naming import layer_of, matches, param_of
@@ -208,7 +209,7 @@ def plan_reinit(
         elif role == "bias":
             plans.append(TensorPlan(e.name, role, bias))
         elif kernel_init.needs_fans:
-            fan_in, fan_out = _fans_of(e, _layout(tree, layout, f"--init {init}"))
+            fan_in, fan_out = _fans_of(e, _layout(tree, layout, f"--init {init}", notes))
             plans.append(TensorPlan(e.name, role, kernel_init, fan_in, fan_out))
         else:
             plans.append(TensorPlan(e.name, role, kernel_init))
@@ -282,18 +283,23 @@ def _fillable(e: Entry, role: str, notes: list[str]) -> bool:
     return False
 
 
-def _layout(tree: Tree, layout: str | None, needed_by: str) -> str:
+def _layout(tree: Tree, layout: str | None, needed_by: str, notes: list[str] | None = None) -> str:
+    """--layout, else the file's convention, else the one its names show (said in `notes`)."""
     if layout is not None:
         if layout not in LAYOUTS:
             raise OperationError(f"unknown layout {layout!r}", "--layout", f"use one of: {', '.join(LAYOUTS)}")
         return layout
-    if tree.convention.out_axis is None:
+    inferred = convention_of(tree)
+    if inferred.convention.out_axis is None:
         raise OperationError(
-            "the checkpoint does not say whether its kernels are Keras (..., in, out) or PyTorch (out, in, ...)",
+            f"the checkpoint does not say whether its kernels are Keras (..., in, out) or PyTorch (out, in, ...), and {inferred.why}",
             needed_by,
             "pass --layout keras or --layout torch",
         )
-    return tree.convention.name
+    note = f"{inferred.convention} layout inferred: {inferred.why}; pass --layout to override"
+    if tree.convention.out_axis is None and notes is not None and note not in notes:
+        notes.append(note)
+    return inferred.convention.name
 
 
 def _fans_of(e: Entry, layout: str) -> tuple[int, int]:
@@ -457,7 +463,8 @@ def adapt_input(tree: Tree, channels: int, *, layer: str | None = None, layout: 
     """
     if channels < 1:
         raise OperationError(f"--channels {channels} must be at least 1", "--channels", "give the input channels the new model takes, e.g. 1 for grayscale")
-    chosen_layout = _layout(tree, layout, "adapt-input")
+    inferred: list[str] = []
+    chosen_layout = _layout(tree, layout, "adapt-input", inferred)
     kernel, why = find_input_conv(tree, chosen_layout, layer)
     axis = input_axis(len(kernel.shape), chosen_layout)
     _check_kernel(kernel, axis, layer)
@@ -466,6 +473,7 @@ def adapt_input(tree: Tree, channels: int, *, layer: str | None = None, layout: 
     rule = _rule(channels)
     report = Report("adapt-input")
     report.add("reshaped", kernel.name, str(list(kernel.shape)), str(shape), rule)
+    report.notes.extend(inferred)
     metadata = dict(tree.metadata)
     report.notes.extend(follow_input_channels(metadata, _config_layer(kernel), kernel.shape[axis], channels))
     edited = tree.derive(replace={kernel.name: Entry.computed(kernel.name, tuple(shape), kernel.dtype, _adapter(kernel, axis, channels), like=kernel)}, metadata=metadata)

@@ -62,12 +62,13 @@ def _resample(kind: str, tree: Tree, classes, num_classes, anchors, layers, layo
     return apply_plan(tree, plan, init=init, seed=seed)
 
 
-def subsample(tree: Tree, *, classes=None, num_classes=None, anchors=None, layers=(), layout=None, source_classes=None, seed=None) -> Result:
-    return _resample("subsample", tree, classes, num_classes, anchors, layers, layout, source_classes, seed, "gaussian")
+# `class_layout` is the command's --class-layout; `layout`, its name before, is still read.
+def subsample(tree: Tree, *, classes=None, num_classes=None, anchors=None, layers=(), class_layout=None, source_classes=None, seed=None, layout=None) -> Result:
+    return _resample("subsample", tree, classes, num_classes, anchors, layers, class_layout or layout, source_classes, seed, "gaussian")
 
 
-def upsample(tree: Tree, *, classes=None, num_classes=None, anchors=None, layers=(), layout=None, source_classes=None, seed=None, init="gaussian") -> Result:
-    return _resample("upsample", tree, classes, num_classes, anchors, layers, layout, source_classes, seed, init)
+def upsample(tree: Tree, *, classes=None, num_classes=None, anchors=None, layers=(), class_layout=None, source_classes=None, seed=None, init="gaussian", layout=None) -> Result:
+    return _resample("upsample", tree, classes, num_classes, anchors, layers, class_layout or layout, source_classes, seed, init)
 
 
 def cast(tree: Tree, *, dtype: str) -> Result:

@@ -29,14 +29,14 @@ from typing import Any
 
 from ..errors import OperationError
 from ..graph import graph_of
-from ..heads import PASS_THROUGH_LAYERS, TOPS, TOPS_ON_REQUEST
+from ..heads import PASS_THROUGH_LAYERS, TOPS, TOPS_ON_REQUEST, unwrapped
 from ..keras_config import without_compile_config
 from ..naming import layer_of, matches
 from ..provenance import record
 from ..report import Report
 from ..tree import DROPPED_ON_READ, Entry, Tree
 
-__all__ = ["HeadMatch", "detect_head", "strip_head", "truncate", "layer_order", "FAMILIES"]
+__all__ = ["HeadMatch", "detect_head", "score_layer", "strip_head", "truncate", "layer_order", "FAMILIES"]
 
 FAMILIES = tuple(dict.fromkeys(p.family for p in TOPS))
 
@@ -190,17 +190,39 @@ def _head_from_globs(tree: Tree, globs: Sequence[str]) -> HeadMatch:
 
 def _head_from_graph(tree: Tree, by_layer: dict[str, list[str]]) -> HeadMatch | None:
     """A Keras full model's head, read from its model_config; None when the graph does not tell."""
+    found = _path_to_scores(tree, by_layer)
+    if found is None:
+        return None
+    graph, path = found
+    path = path + _named_tops_before(graph, path[-1])
+    layers = tuple(layer for layer in graph.order if layer in set(path))
+    tensors = tuple(t for layer in layers for t in by_layer.get(layer, ()))
+    return HeadMatch(layers, tensors, _describe_path(graph, path))
+
+
+def score_layer(tree: Tree) -> tuple[str, str] | None:
+    """The weighted layer that makes a Keras full model's class scores, and why; None when the graph does not tell.
+
+    strip-head (`detect_head`) and class surgery (subsample, upsample) find the head with the same walk.
+    """
+    found = _path_to_scores(tree, _tensors_by_layer(tree))
+    if found is None:
+        return None
+    graph, path = found
+    return path[-1], _describe_path(graph, path)
+
+
+def _path_to_scores(tree: Tree, by_layer: dict[str, list[str]]) -> tuple[_Graph, list[str]] | None:
     graph = _Graph.parse(tree.metadata.get("model_config"))
     if graph is None or len(graph.outputs) != 1:
         return None
     path = _walk_to_scores(graph, graph.outputs[0], by_layer)
-    if path is None:
-        return None
-    path += _named_tops_before(graph, path[-1])
-    layers = tuple(layer for layer in graph.order if layer in set(path))
-    tensors = tuple(t for layer in layers for t in by_layer.get(layer, ()))
+    return None if path is None else (graph, path)
+
+
+def _describe_path(graph: _Graph, path: list[str]) -> str:
     steps = " <- ".join(f"{name} ({graph.classes.get(name, '?')})" for name in path)
-    return HeadMatch(layers, tensors, f"model_config: output {steps}")
+    return f"model_config: output {steps}"
 
 
 def _walk_to_scores(graph: _Graph, output: str, by_layer: dict[str, list[str]]) -> list[str] | None:
@@ -243,7 +265,7 @@ def _head_from_table(order: list[str], by_layer: dict[str, list[str]], family: s
     if len(candidates) == 1 and candidates[0].at_end:
         chosen = candidates[0]
         tensors = tuple(t for layer in chosen.layers for t in by_layer.get(layer, ()))
-        return HeadMatch(chosen.layers, tensors, f"table TOPS, {'/'.join(chosen.families)} top: {', '.join(chosen.layers)}")
+        return HeadMatch(chosen.layers, tensors, f"known {'/'.join(chosen.families)} top: {', '.join(chosen.layers)}")
     if candidates:
         listed = "; ".join(c.describe() for c in candidates)
         raise OperationError(
@@ -279,7 +301,7 @@ def _match_top(globs: tuple[str, ...], at_the_end: bool, order: list[str], by_la
     A classifier top runs from its first matched layer to the end of the order (weightless
     layers in between go with it); it counts only if it carries weights.
     """
-    matched = [layer for layer in order if matches(layer, globs)]
+    matched = [layer for layer in order if matches(unwrapped(layer), globs)]
     if not any(layer in by_layer for layer in matched):
         return None
     if not at_the_end:

@@ -23,13 +23,14 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from .. import dtypes
+from ..conventions import infer_convention
 from ..errors import OperationError
 from ..provenance import record
 from ..report import Report
-from ..tree import KERAS, TORCH, Entry, LazySource, Tree
+from ..tree import KERAS, TORCH, UNKNOWN, Entry, LazySource, Tree
 from .names import rename
 
-__all__ = ["transplant", "KINDS"]
+__all__ = ["transplant", "name_patterns", "KINDS"]
 
 # The report's change kinds, in the order they are counted and listed.
 KINDS = ("copied", "cast", "missing", "unexpected", "mismatched")
@@ -70,15 +71,32 @@ def transplant(
         pretrained, _ = rename(pretrained, rules)
     replace = _match(pretrained, target, report)
     report.facts.update({kind: len(report.names(kind)) for kind in KINDS})
+    if not replace and len(target) and len(pretrained):
+        raise _nothing_copied(pretrained, target, report)
     if strict:
         _check_strict(report)
     new = target.derive(replace=replace)
     return record(new, "transplant", rules=[[p, r] for p, r in rules] or None, strict=strict or None, **report.facts), report
 
 
+def _with_inferred(tree: Tree) -> Tree:
+    """A tree whose file does not say its layout, in the layout its names show (if they do)."""
+    if tree.convention != UNKNOWN:
+        return tree
+    found = infer_convention(tree.keys()).convention
+    return tree if found == UNKNOWN else tree.derive(convention=found)
+
+
 def _same_layout(pretrained: Tree, target: Tree, report: Report, flatten_shapes) -> Tree:
     """PRETRAINED in TARGET's convention, when both are known and differ."""
     known = (KERAS, TORCH)
+    inferred = _with_inferred(pretrained), _with_inferred(target)
+    sides = {t.convention for t in inferred}
+    if KERAS in (pretrained.convention, target.convention) and len(sides) == 2 and sides <= set(known):
+        for side, tree, found in (("PRETRAINED", pretrained, inferred[0]), ("TARGET", target, inferred[1])):
+            if tree.convention != found.convention:
+                report.notes.append(f"{side} is taken as {found.convention} layout: {infer_convention(tree.keys()).why}")
+        pretrained, target = inferred
     if pretrained.convention == target.convention:
         return pretrained
     if pretrained.convention not in known or target.convention not in known:
@@ -137,6 +155,53 @@ def _caster(entry: Entry, dtype: str):
             return entry.read().astype(dtypes.get(dtype).numpy())
 
     return cast
+
+
+def _nothing_copied(pretrained: Tree, target: Tree, report: Report) -> OperationError:
+    """Copying nothing is never what was meant: say why, and guess the rename that fixes it."""
+    if report.names("mismatched"):
+        first = report.names("mismatched")[0]
+        return OperationError(
+            f"transplant would copy no tensor: every one of the {len(report.names('mismatched'))} names the two share "
+            f"differs in shape (first: {first!r}, {_shape(pretrained[first].shape)} in PRETRAINED, {_shape(target[first].shape)} in TARGET)",
+            "PRETRAINED",
+            "check that both checkpoints are the same architecture",
+        )
+    what = (f"transplant would copy no tensor: none of TARGET's {len(target)} names is in PRETRAINED "
+            f"(PRETRAINED has {next(iter(pretrained))!r}, TARGET {next(iter(target))!r})")
+    return OperationError(what, "PRETRAINED", _rename_guess(list(pretrained), list(target)))
+
+
+def _rename_guess(pretrained: list[str], target: list[str]) -> str:
+    """A prefix one side's names carry and the other's lack (DataParallel's `module.`, a wrapper's `model.`)."""
+    wanted = set(target)
+    prefix = _common_prefix(pretrained)
+    if prefix and any(n[len(prefix) :] in wanted for n in pretrained):
+        return f"PRETRAINED's names start with {prefix!r} and TARGET's do not: pass --strip-prefix {prefix}"
+    prefix = _common_prefix(target)
+    if prefix and any(prefix + n in wanted for n in pretrained):
+        return f"TARGET's names start with {prefix!r} and PRETRAINED's do not: pass --map '^={prefix}'"
+    return "make the names match with --strip-prefix, --map REGEX=REPL or --rules FILE (see `surgery inspect` for both)"
+
+
+def _common_prefix(names: list[str]) -> str:
+    """The first name component (with its separator) when every name starts with it."""
+    first = names[0]
+    sep = "/" if "/" in first else "."
+    head, found, _ = first.partition(sep)
+    prefix = head + sep
+    return prefix if found and all(n.startswith(prefix) for n in names) else ""
+
+
+def name_patterns(names: list[str]) -> list[dict[str, object]]:
+    """Names grouped by their first component (`fc.*`, `head/*`), largest group first."""
+    counts: dict[str, int] = {}
+    for name in names:
+        sep = "/" if "/" in name else "."
+        head, found, _ = name.partition(sep)
+        key = f"{head}{sep}*" if found else name
+        counts[key] = counts.get(key, 0) + 1
+    return [{"pattern": k, "count": n} for k, n in sorted(counts.items(), key=lambda kv: -kv[1])]
 
 
 def _check_strict(report: Report) -> None:
