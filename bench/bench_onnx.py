@@ -42,7 +42,6 @@ SIZES = [LARGEST, 64 * MiB, 128 * MiB, 192 * MiB]
 def generate(folder: Path, total: int, inline: bool = False) -> Path:
     """model.onnx (+ model.onnx.data unless inline) of about `total` bytes of float32 weights."""
     import numpy as np
-    import onnx
     from onnx import TensorProto, helper
 
     data_name = "model.onnx.data"

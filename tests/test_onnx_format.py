@@ -413,3 +413,37 @@ def test_readme_onnx_block_runs(exported, tmp_path, monkeypatch):
         assert result.exit_code == 0, (line, result.stderr)
     check(tmp_path / "whole.onnx")
     assert np.array_equal(run_ort(tmp_path / "whole.onnx", {"x": INPUT})[0], run_ort(exported["script"], {"x": INPUT})[0])
+
+
+def test_the_graph_object_keeps_the_contract(tmp_path):
+    from surgery.formats.onnx_model import OnnxGraph
+    from surgery.graph import GRAPH, Graph, graph_of
+
+    path = save(matmul_constant_model(), tmp_path / "c.onnx")
+    tree = surgery.load(path)
+    graph = graph_of(tree)
+    assert isinstance(graph, Graph) and isinstance(graph, OnnxGraph) and tree.format_state[GRAPH] is graph
+    assert graph.format == "onnx" and graph.source == path and isinstance(graph.model, onnx.ModelProto)
+    weights = [n.attribute[0].t for n in graph.model.graph.node if n.output[0] in ("W", "b16")]
+    assert [(list(t.dims), t.data_type, t.HasField("raw_data"), len(t.int32_data)) for t in weights] == [
+        ([4, 6], TensorProto.FLOAT, False, 0),
+        ([6], TensorProto.FLOAT16, False, 0),
+    ]
+    shape = next(n for n in graph.model.graph.node if n.output[0] == "shape").attribute[0].t
+    assert list(numpy_helper.to_array(shape)) == [1, -1]  # graph structure keeps its data
+    edited = onnx.ModelProto()
+    edited.CopyFrom(graph.model)
+    edited.producer_name = "edited"
+    again = graph.with_model(edited)
+    assert again.model.producer_name == "edited" and again.source == path and graph.model.producer_name == "tests"
+
+
+def test_sparse_initializers_are_refused_by_name(tmp_path):
+    model = identity_model([numpy_helper.from_array(np.ones(3, np.float32), "w")])
+    values = numpy_helper.from_array(np.ones(1, np.float32), "sparse_w")
+    indices = numpy_helper.from_array(np.zeros(1, np.int64), "sparse_w_indices")
+    model.graph.sparse_initializer.append(helper.make_sparse_tensor(values, indices, [4]))
+    path = save(model, tmp_path / "s.onnx")
+    assert error_line(run("inspect", path)) == (
+        f"error: sparse initializer 'sparse_w' is not supported ({path}); densify it before export, or use onnx tools"
+    )

@@ -145,7 +145,7 @@ def test_truncated_and_garbage_protobuf(folder):
     garbage.write_bytes(bytes(range(256)) * 4)
     for path in (truncated, garbage):
         line = error_line(run("inspect", path))
-        assert line.startswith(f"error: cannot parse the ONNX protobuf (") and line.endswith(
+        assert line.startswith("error: cannot parse the ONNX protobuf (") and line.endswith(
             f") ({path}); the file is corrupt or not an ONNX model; export it again"
         ), line
 
