@@ -26,8 +26,8 @@ CASES = [
     (["convert", "{tiny}", "-o", "{out}.safetensors", "--dtype", "fp16"],
      "error: invalid value for '--dtype': 'fp16' is not one of 'float16', 'bfloat16', 'float32'; see 'surgery convert --help'", 2),
     (["subsample", "{ssd}", "-o", "{out}.h5", "--classes", "a,b"],
-     "error: invalid value for '--classes': 'a' is not a class index; write source indices like 0,3,8 or 1-5, "
-     "and 'new' to add a class; see 'surgery subsample --help'", 2),
+     "error: invalid value for '--classes': --classes gives names but the checkpoint carries no labels; pass --labels "
+     "with a table (coco80, coco80+bg, coco91, voc20, voc21, imagenet1k) or a file of names; see 'surgery subsample --help'", 2),
     (["reinit", "{tiny}", "-o", "{out}.safetensors", "--layers", "classifier", "--init", "kaiming"],
      f"error: invalid value for '--init': unknown --init 'kaiming'; use one of: {XAVIER}; see 'surgery reinit --help'", 2),
     (["adapt-input", "{tiny}", "-o", "{out}.safetensors", "--channels", "0"],
@@ -50,7 +50,7 @@ CASES = [
     (["convert", "{tiny}", "-o", "{out}.safetensors", "--rules", "{tiny}"],
      "error: --rules only applies with --layout: add --layout torch or --layout keras; see 'surgery convert --help'", 2),
     (["convert", "{ssd}", "-o", "{out}.pt", "--layout", "torch", "--flatten-shape", "dense=7,7"],
-     "error: invalid value for '--flatten-shape': --flatten-shape 'dense=7,7' is not LAYER=H,W,C; write e.g. "
+     "error: invalid value for '--flatten-shape': --flatten-shape 'dense=7,7' is not LAYER=H,W,C or LAYER=none; write e.g. "
      "--flatten-shape dense=7,7,64; see 'surgery convert --help'", 2),
     (["transplant", "{tiny}", "{tiny}", "-o", "{out}.safetensors", "--map", "(=x"],
      "error: invalid value for '--map': bad regex '(': missing ), unterminated subpattern; write REGEX=REPL, "

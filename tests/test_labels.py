@@ -161,7 +161,8 @@ def test_bad_names_are_one_line(tmp_path, args, message):
 
 def test_names_without_labels_and_a_table_of_the_wrong_length(tmp_path):
     result = run("subsample", SSD, "-o", tmp_path / "x.h5", "--classes", "person", "--anchors", "4")
-    assert error_line(result) == "error: --classes gives names but the checkpoint carries no labels (--classes); pass --labels with a table (coco80, coco80+bg, coco91, voc20, voc21, imagenet1k) or a file of names"
+    assert error_line(result) == ("error: invalid value for '--classes': --classes gives names but the checkpoint carries no labels; pass --labels with a table "
+                                  "(coco80, coco80+bg, coco91, voc20, voc21, imagenet1k) or a file of names; see 'surgery subsample --help'")
     result = run("subsample", SSD, "-o", tmp_path / "x.h5", "--classes", "person", "--labels", "coco80", "--anchors", "4")
     assert error_line(result) == "error: coco80 has 80 names but the head has 81 classes (--labels); use coco80+bg"
 

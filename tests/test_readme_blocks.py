@@ -61,6 +61,7 @@ def test_the_readme_has_shell_blocks_beyond_the_quick_start():
 @pytest.mark.interop
 def test_every_shell_block_runs_as_written(tmp_path, monkeypatch):
     (tmp_path / "fixtures").symlink_to(FIXTURES)
+    (tmp_path / "examples").symlink_to(REPO / "examples")  # the torch module that export-onnx builds
     monkeypatch.chdir(tmp_path)
     variables: dict[str, str] = {}
     for block in BLOCKS:

@@ -41,9 +41,14 @@ class AnchorsType(click.ParamType):
 
 
 def _check_classes(text: str) -> None:
+    """An index list is checked now; names wait for the label space, known only once SRC is read."""
+    import re
+
     from ..ops.classes import parse_classes
 
-    parse_classes(text)
+    tokens = [t.strip() for t in text.split(",")]
+    if all(t == "new" or re.fullmatch(r"-?\d+(\s*-\s*\d+)?", t) for t in tokens if t) or not any(t.strip() for t in tokens):
+        parse_classes(text)
 
 
 def _check_init(text: str) -> None:
@@ -107,9 +112,13 @@ def _class_command(kind: str, src: Path, output: Path, force: bool, dry_run: boo
     from .labels import check_labels_out, document_part, print_part, resolve_names, write_labels_out
 
     tree = load_input(src, key, quiet or as_json, left_out=False)  # the report's notes say what was left out
-    named, labels_out, class_args = resolve_names(tree, class_args)  # names -> indices, before planning
+    try:
+        named, labels_out, class_args = resolve_names(tree, class_args)  # names -> indices, before planning
+    except OperationError as e:
+        if e.where == "--classes" and ("is not a class index" in e.what or "carries no labels" in e.what):  # names, but no label space: a bad option value
+            raise click.BadParameter(f"{e.what}; {e.fix}", param_hint="'--classes'") from None
+        raise
     plan = _plan(tree, **class_args)
-    _warn_about_selection(plan)
     if kind == "subsample" and plan.adds_classes:
         raise OperationError("subsample cannot add classes", "--classes", "use `surgery upsample` to add new classes")
     if kind == "upsample" and class_args["num_classes"] is not None and class_args["num_classes"] < plan.source_classes:
@@ -119,6 +128,7 @@ def _class_command(kind: str, src: Path, output: Path, force: bool, dry_run: boo
             "use `surgery subsample` to drop classes",
         )
     names = named.names(plan)
+    _warn_about_selection(plan)  # after every refusal, so that an error stays the only line
     edited, report = apply_plan(tree, plan, init=init, seed=class_args["seed"], labels=names)
     check_labels_out(labels_out, names, tree, force)
     if DROPPED_ON_READ in tree.format_state:

@@ -108,9 +108,11 @@ def convert(
 
 def _onnx_write_options(tree, output: Path, to: str | None, dtype: str | None, external_data: str | None, size_threshold: int | None, sharded: bool):
     """--external-data, --inline and --size-threshold go to the ONNX writer; ONNX refuses --dtype."""
+    from ..atomic import refuse_stdout
     from ..errors import OperationError
     from ..formats import for_output
 
+    refuse_stdout(output)  # before the suffix is asked for its format: `-o -` has none
     if for_output(output, to, sharded=sharded) != "onnx":
         given = "--external-data" if external_data == "external" else "--inline" if external_data else "--size-threshold" if size_threshold is not None else None
         if given:

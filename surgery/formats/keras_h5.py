@@ -180,11 +180,10 @@ class H5Dataset(Source):
         # the rest of the dataset; the requested order and repeats are restored in memory.
         if not entry.shape or not len(indices):
             return super().read_take(entry, indices, axis)
-        h5py = _h5py()
         unique = sorted(set(int(i) for i in indices))
         where = tuple(unique if ax == axis else slice(None) for ax in range(len(entry.shape)))
         try:
-            with h5py.File(self.path, "r") as f:
+            with _Opened(self.path, self.place) as f:
                 kept = np.asarray(f[self.dataset][where])
         except (OSError, KeyError, ValueError, TypeError) as e:
             raise CorruptFileError(f"cannot read dataset {self.dataset!r} ({e})", str(self.path), _FIX) from e
