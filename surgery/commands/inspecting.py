@@ -47,10 +47,21 @@ def inspect(path: Path, filters: tuple[str, ...], as_json: bool, key: str | None
                 ],
                 "total_bytes": total,
                 "metadata": tree.metadata,
+                **_training_json(tree),
             }
         )
         return
     _print_table(tree, entries, total)
+    from .training import print_training
+
+    print_training(tree)
+
+
+def _training_json(tree) -> dict:
+    from .training import training_document
+
+    document = training_document(tree)
+    return {"training": document} if document is not None else {}
 
 
 def _filtered(tree, filters: tuple[str, ...], path: Path) -> list:

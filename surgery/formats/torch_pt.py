@@ -330,7 +330,15 @@ def load(path: Path, key: str | None = None) -> Tree:
     convention = CONVENTIONS.get(metadata.pop(CONVENTION_KEY, ""), TORCH)
     if chosen:
         metadata["surgery.torch_key"] = chosen
-    return Tree(entries, format=NAME, convention=convention, metadata=metadata)
+    return Tree(entries, format=NAME, convention=convention, metadata=metadata, format_state=_training(obj, chosen, path, entries, storages))
+
+
+def _training(obj: Any, chosen: str, path: Path, entries: list[Entry], storages: dict[str, FileRange]) -> dict:
+    """The optimizer state and other entries beside the state dict (see torch_training)."""
+    from .torch_training import TRAINING_KEY, read_training
+
+    state = read_training(obj, chosen, path, entries, lambda name, ref: _entry(path, name, ref, storages))
+    return {TRAINING_KEY: state} if state is not None else {}
 
 
 def _read_zip(path: Path) -> tuple[Any, dict[str, FileRange]]:
@@ -464,12 +472,13 @@ def _state_dict(obj: Any, key: str | None, where: str) -> tuple[dict, str]:
             keys = ", ".join(str(k) for k in obj) if isinstance(obj, dict) else "none"
             raise FormatError(f"no state dict under key {key!r}", where, f"choose one of: {keys}")
         return obj[key], key
-    if _tensors(obj):
-        return obj, ""
+    # Containers first: a training checkpoint may hold a loose tensor beside them (an RNG state).
     if isinstance(obj, dict):
         for k in CONTAINER_KEYS:
             if k in obj and _tensors(obj[k]):
                 return obj[k], k
+    if _tensors(obj):
+        return obj, ""
     raise FormatError("no state dict of tensors found in the checkpoint", where, "pass --key NAME for the entry that holds it")
 
 

@@ -1,0 +1,28 @@
+"""How commands show a training checkpoint's state: optimizer kind, step, tensors, entries kept."""
+
+from __future__ import annotations
+
+import click
+
+from .common import _printable
+
+
+def training_document(tree) -> dict | None:
+    """The training state as plain data for --json, or None for a checkpoint without one."""
+    from ..formats.torch_training import describe, training_state
+
+    state = training_state(tree)
+    return describe(state) if state is not None else None
+
+
+def print_training(tree) -> None:
+    document = training_document(tree)
+    if document is None:
+        return
+    for o in document["optimizers"]:
+        step = "no step counter" if o["step"] is None else f"step {o['step']:g}"
+        click.echo(f"training: {o['where']}: {o['kind']}, {step}, {o['tensors']} tensors for {o['parameters']} parameters, as {o['namespace']}/state/<parameter>/<key>")
+        if not o["mapped"]:
+            click.echo(f"training: {o['where']} is not mapped to parameter names: {o['reason']}; edits that change parameters refuse it, --drop-optimizer leaves it out")
+    kept = ", ".join(_printable(k) for k in document["kept"]) or "none"
+    click.echo(f"training: model state dict under {_printable(document['model_key'])!r}; other entries kept as they are: {kept}")
