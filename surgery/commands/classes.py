@@ -17,7 +17,6 @@ from .common import (
     quiet_option,
 )
 
-
 # -- class-axis surgery (subsample, upsample, verify) -------------------------------
 
 

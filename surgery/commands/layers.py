@@ -17,7 +17,6 @@ from .common import (
     quiet_option,
 )
 
-
 # -- head and layer surgery: strip-head, truncate ------------------------------------
 
 

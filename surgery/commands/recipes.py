@@ -15,7 +15,6 @@ from .common import (
     quiet_option,
 )
 
-
 # -- recipe files: apply ---------------------------------------------------------------
 
 

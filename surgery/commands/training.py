@@ -24,5 +24,7 @@ def print_training(tree) -> None:
         click.echo(f"training: {o['where']}: {o['kind']}, {step}, {o['tensors']} tensors for {o['parameters']} parameters, as {o['namespace']}/state/<parameter>/<key>")
         if not o["mapped"]:
             click.echo(f"training: {o['where']} is not mapped to parameter names: {o['reason']}; edits that change parameters refuse it, --drop-optimizer leaves it out")
+    if document["dropped"]:
+        click.echo(f"training: left out by --drop-optimizer: {', '.join(document['dropped'])}")
     kept = ", ".join(_printable(k) for k in document["kept"]) or "none"
     click.echo(f"training: model state dict under {_printable(document['model_key'])!r}; other entries kept as they are: {kept}")

@@ -27,7 +27,9 @@ strings, tuples and dicts.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,8 @@ from ..tree import Entry, Tree
 __all__ = ["BUFFER_NAMES", "MOMENT_KEYS", "OPTIMIZER_KEYS", "TRAINING_KEY", "OptimizerState", "TrainingState", "describe", "read_training", "training_state"]
 
 TRAINING_KEY = "torch.training"  # format_state key of the TrainingState
+# Set by `--drop-optimizer` (and `without_optimizer()`): the reader leaves optimizer state out.
+DROP_OPTIMIZER: ContextVar[bool] = ContextVar("surgery_drop_optimizer", default=False)
 KEPT_PREFIX = "\x00kept/"  # names of loose tensors inside kept entries (RNG states), apart from any real name
 
 # Model knowledge, as data.
@@ -87,6 +91,22 @@ class TrainingState:
     kept: tuple[str, ...]  # top-level keys written back as they were read
     top: Mapping[str, Any] = field(repr=False)
     kept_tensors: tuple[tuple[Any, Entry], ...] = field(default=(), repr=False)  # (reference, entry) inside kept entries
+    dropped: tuple[str, ...] = ()  # optimizers left out on purpose (--drop-optimizer)
+
+
+@contextmanager
+def without_optimizer() -> Iterator[None]:
+    """Within the block, torch checkpoints are read without their optimizer state.
+
+    Example:
+        >>> with without_optimizer():  # doctest: +SKIP
+        ...     tree = surgery.load("checkpoint.pt")
+    """
+    token = DROP_OPTIMIZER.set(True)
+    try:
+        yield
+    finally:
+        DROP_OPTIMIZER.reset(token)
 
 
 def training_state(tree: Tree) -> TrainingState | None:
@@ -102,16 +122,17 @@ def read_training(obj: Any, model_key: str, path: Path, model: list[Entry], make
     """
     if not model_key or not isinstance(obj, dict):
         return None
-    optimizers = []
-    for where, prefix, raw in _optimizer_dicts(obj):
-        optimizers.append(_optimizer(where, prefix, raw, model, make_entry))
-    moved = {model_key, *(o.where.split("[")[0] for o in optimizers)}
+    found = list(_optimizer_dicts(obj))
+    dropped = tuple(where for where, _, _ in found) if DROP_OPTIMIZER.get() else ()
+    optimizers = [] if dropped else [_optimizer(where, prefix, raw, model, make_entry) for where, prefix, raw in found]
+    moved = {model_key, *(where.split("[")[0] for where, _, _ in found)}
     kept = tuple(k for k in obj if k not in moved)
     loose: list = []
     for key in kept:
         _walk_refs(obj[key], loose)
     kept_tensors = tuple((ref, make_entry(f"{KEPT_PREFIX}{i}", ref)) for i, ref in enumerate(loose))
-    return TrainingState(model_key, tuple(optimizers), tuple(str(k) for k in kept), obj, kept_tensors)
+    top = {k: v for k, v in obj.items() if not (dropped and k in moved and k != model_key)}
+    return TrainingState(model_key, tuple(optimizers), tuple(str(k) for k in kept), top, kept_tensors, dropped)
 
 
 def describe(state: TrainingState) -> dict[str, Any]:
@@ -132,6 +153,7 @@ def describe(state: TrainingState) -> dict[str, Any]:
             for o in state.optimizers
         ],
         "kept": list(state.kept),
+        "dropped": list(state.dropped),
     }
 
 

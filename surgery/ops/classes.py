@@ -30,6 +30,7 @@ from ..naming import layer_of, layers, matches
 from ..provenance import record
 from ..report import Report
 from ..tree import Entry, Tree
+from .optimizer_state import follow_classes
 
 __all__ = [
     "LAYOUTS",
@@ -509,6 +510,7 @@ def apply_plan(tree: Tree, plan: ClassPlan, *, init: str = "gaussian", seed: int
     if plan.adds_classes:
         report.notes.append(f"new classes initialised with {init} (seed {seed})")
     edited = tree.derive(replace=replace, metadata=metadata)
+    edited = follow_classes(tree, edited, plan, report)  # the optimizer's moments take the same channels
     step = "upsample" if plan.adds_classes else "subsample"
     return record(edited, step, classes=json.loads(metadata["surgery.source_classes"]), layers=[lp.layer for lp in plan.layers], init=init if plan.adds_classes else None, seed=seed if plan.adds_classes else None), report
 

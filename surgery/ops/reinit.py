@@ -56,6 +56,7 @@ from ..naming import layer_of, matches, param_of
 from ..provenance import record
 from ..report import Report
 from ..tree import TORCH, Entry, Tree  # noqa: F401 (TORCH: used by the examples)
+from .optimizer_state import follow_reinit
 from .fans import LAYOUTS, fans, input_axis
 
 __all__ = ["INITS", "Init", "parse_init", "plan_reinit", "TensorPlan", "reinit", "adapt_input", "find_input_conv"]
@@ -353,6 +354,7 @@ def reinit(
     report.facts["tensors"] = [p.to_json(tree) for p in plans]
     report.facts["seed"] = seed
     edited = tree.derive(replace=replace)
+    edited = follow_reinit(edited, replace, report)  # fresh weights start from zero moments
     return record(edited, "reinit", layers=globs, init=init, bias_init=bias_init, seed=seed, layout=layout), report
 
 
