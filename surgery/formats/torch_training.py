@@ -116,13 +116,16 @@ def training_state(tree: Tree) -> TrainingState | None:
 
 
 def read_training(obj: Any, model_key: str, path: Path, model: list[Entry], make_entry) -> TrainingState | None:
-    """The training state of a checkpoint whose state dict sits under `model_key`; None for a bare state dict.
+    """The training state of a checkpoint whose state dict sits under `model_key`, when it holds
+    optimizer state; None otherwise (a bare state dict, or one in a container without an optimizer).
 
     `make_entry(name, ref)` builds an entry for one of the reader's tensor references.
     """
     if not model_key or not isinstance(obj, dict):
         return None
     found = list(_optimizer_dicts(obj))
+    if not found:  # a model checkpoint in a container (state_dict + hparams): written back as a bare state dict
+        return None
     dropped = tuple(where for where, _, _ in found) if DROP_OPTIMIZER.get() else ()
     optimizers = [] if dropped else [_optimizer(where, prefix, raw, model, make_entry) for where, prefix, raw in found]
     moved = {model_key, *(where.split("[")[0] for where, _, _ in found)}
