@@ -233,3 +233,16 @@ def test_reinit_zeroes_the_moments_and_rename_keeps_them(tmp_path):
     names = [n for n in training_state(surgery.load(renamed)).optimizers[0].tensors if "/head." in n]
     assert names == [f"optimizer/state/head.{p}/{k}" for p in ("weight", "bias") for k in ("step", "exp_avg", "exp_avg_sq")]
     assert torch.equal(torch.load(renamed, weights_only=True)["optimizer"]["state"][4]["exp_avg"], before[4]["exp_avg"])
+
+
+def test_cast_touches_the_moments_only_with_cast_optimizer(tmp_path):
+    src, plain, both = tmp_path / "train.pt", tmp_path / "plain.pt", tmp_path / "both.pt"
+    trained("adam", src)
+    assert run("convert", src, "-o", plain, "--dtype", "bfloat16", "-q").exit_code == 0
+    assert run("convert", src, "-o", both, "--dtype", "bfloat16", "--cast-optimizer", "-q").exit_code == 0
+    for path, moments in ((plain, torch.float32), (both, torch.bfloat16)):
+        checkpoint = torch.load(path, weights_only=True)
+        assert checkpoint["model"]["cls_logits.weight"].dtype == torch.bfloat16
+        state = checkpoint["optimizer"]["state"][4]
+        assert (state["exp_avg"].dtype, state["exp_avg_sq"].dtype, state["step"].dtype) == (moments, moments, torch.float32)
+    assert run("convert", src, "-o", tmp_path / "x.pt", "--cast-optimizer").exit_code == 2

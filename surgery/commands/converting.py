@@ -30,6 +30,7 @@ from .common import (
 @name_options
 @click.option("--to", "to", type=click.Choice(FORMAT_NAMES), help="Output format (default: from OUTPUT's suffix).")
 @click.option("--dtype", type=click.Choice(["float16", "bfloat16", "float32"]), help="Cast floating tensors; integers and bools are kept.")
+@click.option("--cast-optimizer", is_flag=True, help="Training checkpoints, with --dtype: cast the optimizer's floating moments (exp_avg, exp_avg_sq, ...) too; step counters are kept.")
 @click.option("--shard-size", type=SizeType(), help="Write a sharded safetensors folder, shards of at most SIZE (5GB, 500MB).")
 @click.option("--key", metavar="NAME", help="PyTorch checkpoints: the top-level entry that holds the state dict (e.g. model_ema); found by itself otherwise.")
 @layout_options
@@ -48,6 +49,7 @@ def convert(
     strip_prefix: str | None = None, drop: tuple[str, ...] = (), keep: tuple[str, ...] = (),
     layout: str | None = None, from_layout: str | None = None, flatten_shapes: tuple[str, ...] = (), rules_file: Path | None = None, transposed: tuple[str, ...] = (), depthwise: tuple[str, ...] = (),
     key: str | None = None,
+    cast_optimizer: bool = False,
 ) -> None:
     """Convert SRC to another format, dtype or sharding, and write OUTPUT.
 
@@ -73,6 +75,12 @@ def convert(
     cast_report = None
     if dtype:
         tree, cast_report = cast_floating(tree, dtype)
+        if cast_optimizer:
+            from ..ops.optimizer_state import cast_moments
+
+            tree = cast_moments(tree, dtype, cast_report)
+    elif cast_optimizer:
+        raise click.UsageError("--cast-optimizer casts to the --dtype given; add --dtype")
     fmt = check_output(tree, output, to, force=force, shard_size=shard_size)
     summary = {
         "input": str(src),

@@ -9,7 +9,9 @@ here, after it has built its new tree:
 - `follow_removed`: strip-head/truncate drop the removed parameters' state and renumber the
   param_groups so they still count 0..N-1 in `model.parameters()` order;
 - `follow_reinit`: a re-initialised parameter starts with zero moments;
-- `follow_renames`: renamed parameters keep their state under the new names.
+- `follow_renames`: renamed parameters keep their state under the new names;
+- `cast_moments`: `convert --dtype D --cast-optimizer` casts the floating moments too (without
+  it they keep their dtype; torch's `load_state_dict` casts them to each parameter's dtype).
 
 Scalar `step` counters are kept as they are. Every optimizer tensor changed is listed in the
 operation's report. Where the parameter order could not be proven when reading, moving the
@@ -34,7 +36,7 @@ from ..formats.torch_training import (
 from ..report import Report
 from ..tree import Entry, Tree
 
-__all__ = ["drop_optimizer", "follow_classes", "follow_reinit", "follow_removed", "follow_renames"]
+__all__ = ["cast_moments", "drop_optimizer", "follow_classes", "follow_reinit", "follow_removed", "follow_renames"]
 
 
 def drop_optimizer(tree: Tree) -> tuple[Tree, list[str]]:
@@ -75,6 +77,25 @@ def follow_reinit(new: Tree, names: Iterable[str], report: Report) -> Tree:
         return Entry.computed(entry.name, entry.shape, entry.dtype, lambda e=entry: np.zeros(e.shape, _numpy(e)), like=entry)
 
     return _edit_moments(new, set(names), edit, "reinit", report)
+
+
+def cast_moments(new: Tree, dtype: str, report: Report) -> Tree:
+    """`--cast-optimizer`: floating moments take the model's new dtype too; `step` counters stay."""
+    from .. import dtypes
+
+    target = dtypes.get(dtype)
+    state = training_state(new)
+    params = {n for o in (state.optimizers if state else ()) for n in (o.param_names or ())} | {
+        _owner_and_key(o, e.name)[0] for o in (state.optimizers if state else ()) for e in o.tensors.values()
+    }
+
+    def edit(o: OptimizerState, name: str, entry: Entry) -> Entry:
+        if not dtypes.get(entry.dtype).is_floating or entry.dtype == dtype:
+            return entry
+        _listed(report, "cast", entry.name, f"{entry.dtype} -> {dtype}")
+        return Entry.computed(entry.name, entry.shape, dtype, lambda e=entry: e.read().astype(target.numpy()), like=entry)
+
+    return _edit_moments(new, params, edit, "cast", report, need_mapping=False)
 
 
 def follow_renames(new: Tree, mapping: Mapping[str, str], report: Report) -> Tree:
@@ -129,14 +150,15 @@ def follow_removed(new: Tree, removed: Iterable[str], report: Report) -> Tree:
 # -- shared steps ---------------------------------------------------------------------
 
 
-def _edit_moments(new: Tree, params: set[str], edit: Callable[[OptimizerState, str, Entry], Entry], op: str, report: Report) -> Tree:
+def _edit_moments(new: Tree, params: set[str], edit: Callable[[OptimizerState, str, Entry], Entry], op: str, report: Report, *, need_mapping: bool = True) -> Tree:
     """Replace the moments (MOMENT_KEYS) of `params` in every optimizer by `edit`'s entries; `step` stays."""
     state = training_state(new)
     if state is None or not state.optimizers or not params:
         return new
     optimizers = []
     for o in state.optimizers:
-        _require_mapped(o, op)
+        if need_mapping:
+            _require_mapped(o, op)
         replace = {}
         for e in o.tensors.values():
             owner, key = _owner_and_key(o, e.name)
