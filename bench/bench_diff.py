@@ -23,15 +23,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import mib, run_measured, surgery_argv, warm
+from _measure import mib, print_runs, round_robin, surgery_argv, warm
 
 MiB = 1 << 20
 LARGEST = 256 * MiB
@@ -92,21 +90,7 @@ def measure(a: Path, b: Path, repeats: int) -> dict[str, dict]:
         # diff exits 1 when the files differ (they do): accept 0 and 1, fail on 2.
         "surgery_diff": ["sh", "-c", '"$@" > /dev/null; test $? -le 1', "sh", *surgery_argv("diff", str(a), str(b))],
     }
-    runs: dict[str, list[tuple[float, int, float]]] = {name: [] for name in cmds}
-    for _ in range(repeats):
-        for name, argv in cmds.items():
-            load = os.getloadavg()[0]
-            wall, peak = run_measured(argv)
-            runs[name].append((wall, peak, load))
-    return {
-        name: {
-            "wall_s": statistics.median(w for w, _, _ in r),
-            "walls_s": [round(w, 3) for w, _, _ in r],
-            "peak_rss_bytes": max(p for _, p, _ in r),
-            "load_1min": [round(la, 2) for _, _, la in r],
-        }
-        for name, r in runs.items()
-    }
+    return round_robin(cmds, repeats)
 
 
 def check(a: Path, b: Path, large: int) -> dict[str, object]:
@@ -167,10 +151,7 @@ def main() -> None:
         print(json.dumps(results, indent=2))
         return
     print(f"A {results['bytes_a'] / 1e9:.2f} GB, B {results['bytes_b'] / 1e9:.2f} GB; largest tensor {mib(LARGEST)}; RSS budget {mib(budget)}; cache {results['cache']}")
-    for name, r in runs.items():
-        walls = ", ".join(f"{w:.2f}" for w in r["walls_s"])
-        loads = ", ".join(f"{la:.2f}" for la in r["load_1min"])
-        print(f"{name:12} median {r['wall_s']:7.2f} s  (runs {walls})  peak RSS {mib(r['peak_rss_bytes']):>10}  load {loads}")
+    print_runs(runs)
     print(f"diff / cat {results['ratio_to_cat']:.2f} (budget 1.5); RSS within budget: {results['rss_within_budget']}")
     c = results["check"]
     print(f"check: exit {c['exit_code']}, changed {c['changed']}, exact names {c['exact_names']}, max|a-b| matches numpy {c['max_abs_match']} {c['max_abs']}")
