@@ -17,6 +17,7 @@ from .common import (
     quiet_option,
 )
 
+
 # -- class-axis surgery (subsample, upsample, verify) -------------------------------
 
 

@@ -17,6 +17,7 @@ from .common import (
     quiet_option,
 )
 
+
 # -- head and layer surgery: strip-head, truncate ------------------------------------
 
 

@@ -15,6 +15,7 @@ from .common import (
     quiet_option,
 )
 
+
 # -- recipe files: apply ---------------------------------------------------------------
 
 

@@ -8,7 +8,7 @@ here, after it has built its new tree:
 - `follow_classes`: subsample/upsample take the same channels of every moment; new channels start at zero;
 - `follow_removed`: strip-head/truncate drop the removed parameters' state and renumber the
   param_groups so they still count 0..N-1 in `model.parameters()` order;
-- `follow_reinit`: a re-initialised parameter starts with zero moments;
+- `follow_reinit`: a re-initialised parameter (or adapt-input's new kernel) starts with zero moments;
 - `follow_renames`: renamed parameters keep their state under the new names;
 - `cast_moments`: `convert --dtype D --cast-optimizer` casts the floating moments too (without
   it they keep their dtype; torch's `load_state_dict` casts them to each parameter's dtype).
@@ -70,11 +70,13 @@ def follow_classes(old: Tree, new: Tree, plan, report: Report) -> Tree:
 
 
 def follow_reinit(new: Tree, names: Iterable[str], report: Report) -> Tree:
-    """Re-initialised parameters start training afresh: their moments become zero."""
+    """Re-initialised (or re-shaped, as adapt-input does) parameters start training afresh:
+    their moments become zero, in the parameter's new shape."""
 
     def edit(o: OptimizerState, name: str, entry: Entry) -> Entry:
-        _listed(report, "zeroed", entry.name, f"{list(entry.shape)}")
-        return Entry.computed(entry.name, entry.shape, entry.dtype, lambda e=entry: np.zeros(e.shape, _numpy(e)), like=entry)
+        shape = new[name].shape
+        _listed(report, "zeroed", entry.name, f"{list(shape)}")
+        return Entry.computed(entry.name, shape, entry.dtype, lambda e=entry: np.zeros(shape, _numpy(e)), like=entry)
 
     return _edit_moments(new, set(names), edit, "reinit", report)
 

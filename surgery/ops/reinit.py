@@ -468,6 +468,7 @@ def adapt_input(tree: Tree, channels: int, *, layer: str | None = None, layout: 
     edited = tree.derive(replace={kernel.name: Entry.computed(kernel.name, tuple(shape), kernel.dtype, _adapter(kernel, axis, channels), like=kernel)})
     report = Report("adapt-input")
     report.add("reshaped", kernel.name, str(list(kernel.shape)), str(shape), rule)
+    edited = follow_reinit(edited, [kernel.name], report)  # new input channels: its moments restart at zero
     if "model_config" in tree.metadata and channels != 3:
         report.notes.append(f"the file's model_config still describes {kernel.shape[axis]} input channels: build the model with {channels} and load these weights into it")
     report.facts.update(
