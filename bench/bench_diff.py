@@ -16,7 +16,10 @@ Method (also in BENCHMARKS.md):
      max |a-b| for them equals numpy's over the whole arrays.
 All files live in a temporary folder under --workdir (default bench/out/, git-ignored), deleted at the end.
 
-Usage: python bench/bench_diff.py [--repeats 3] [--large 16] [--workdir DIR] [--json]
+With --same, B holds A's values exactly (a lossless safetensors -> .pt conversion), so only the
+byte comparison runs and diff exits 0.
+
+Usage: python bench/bench_diff.py [--repeats 3] [--large 16] [--same] [--workdir DIR] [--json]
 """
 
 from __future__ import annotations
@@ -74,12 +77,12 @@ def _tensors(large: int, edited: bool) -> list[tuple[str, tuple[int, ...], str, 
     return specs
 
 
-def generate(a: Path, b: Path, large: int) -> None:
+def generate(a: Path, b: Path, large: int, same: bool) -> None:
     """Write A and B tensor by tensor (surgery streams computed entries): the parent stays small."""
     import surgery
     from surgery.tree import Entry, Tree
 
-    for path, edited in ((a, False), (b, True)):
+    for path, edited in ((a, False), (b, not same)):
         tree = Tree([Entry.computed(n, s, d, f) for n, s, d, f in _tensors(large, edited)])
         surgery.save(tree, path, force=True)
 
@@ -93,7 +96,7 @@ def measure(a: Path, b: Path, repeats: int) -> dict[str, dict]:
     return round_robin(cmds, repeats)
 
 
-def check(a: Path, b: Path, large: int) -> dict[str, object]:
+def check(a: Path, b: Path, large: int, same: bool) -> dict[str, object]:
     """diff --json names exactly the changed tensors, with numpy's max |a-b| for each."""
     import numpy as np
 
@@ -102,6 +105,8 @@ def check(a: Path, b: Path, large: int) -> dict[str, object]:
     changed = {t["name"]: t for t in document["tensors"] if t["status"] != "identical"}
     specs = {n: f for n, _, _, f in _tensors(large, False)}
     edited = {n: f for n, _, _, f in _tensors(large, True)}
+    if same:
+        return {"exit_code": out.returncode, "summary": document["summary"], "changed": sorted(changed), "exact_names": not changed}
     expected = {n: float(np.abs(edited[n]().astype(np.float64) - specs[n]().astype(np.float64)).max()) for n in CHANGED}
     return {
         "exit_code": out.returncode,
@@ -119,17 +124,19 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--large", type=int, default=16, help="number of 256 MiB float32 tensors (default 16)")
     parser.add_argument("--workdir", type=Path, default=Path(__file__).resolve().parent / "out")
+    parser.add_argument("--same", action="store_true", help="B holds A's values exactly (a lossless conversion): diff exits 0")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--generate", nargs=2, type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.generate:
-        generate(*args.generate, args.large)
+        generate(*args.generate, args.large, args.same)
         return
 
     args.workdir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.workdir, prefix="diff-") as tmp:
         a, b = Path(tmp) / "a.safetensors", Path(tmp) / "b.pt"
-        subprocess.run([sys.executable, __file__, "--generate", str(a), str(b), "--large", str(args.large)], check=True)
+        same = ["--same"] if args.same else []
+        subprocess.run([sys.executable, __file__, "--generate", str(a), str(b), "--large", str(args.large), *same], check=True)
         warm(a)
         warm(b)
         results: dict[str, object] = {
@@ -138,7 +145,7 @@ def main() -> None:
             "largest_tensor_bytes": LARGEST,
             "cache": "warm (both files read once before the runs)",
             "runs": measure(a, b, args.repeats),
-            "check": check(a, b, args.large),
+            "check": check(a, b, args.large, args.same),
         }
     runs = results["runs"]
     budget = 2 * LARGEST + 300 * MiB
@@ -154,7 +161,7 @@ def main() -> None:
     print_runs(runs)
     print(f"diff / cat {results['ratio_to_cat']:.2f} (budget 1.5); RSS within budget: {results['rss_within_budget']}")
     c = results["check"]
-    print(f"check: exit {c['exit_code']}, changed {c['changed']}, exact names {c['exact_names']}, max|a-b| matches numpy {c['max_abs_match']} {c['max_abs']}")
+    print(f"check: exit {c['exit_code']}, changed {c['changed']}, exact names {c['exact_names']}, max|a-b| matches numpy {c.get('max_abs_match')} {c.get('max_abs')}")
 
 
 if __name__ == "__main__":
