@@ -190,12 +190,12 @@ def _optimizer(where: str, prefix: str, raw: dict, model: list[Entry], make_entr
             if _is_tensor(value):
                 entry = make_entry(f"{prefix}/state/{owner}/{key}", value)
                 entries.append(entry)
-                if key == "step" and entry.numel == 1:
+                if key == "step" and entry.numel == 1 and not steps:  # one read: every parameter shares the count
                     steps.append(float(entry.read().reshape(-1)[0]))
             elif key == "step" and isinstance(value, (int, float)):
                 steps.append(float(value))
     kind = _kind({str(k) for p in raw["state"].values() if isinstance(p, dict) for k in p})
-    step = max(steps) if steps else None
+    step = steps[0] if steps else None
     return OptimizerState(where, prefix, kind, names, reason, step, Tree(entries, format="torch"), raw)
 
 
