@@ -246,3 +246,29 @@ def test_cast_touches_the_moments_only_with_cast_optimizer(tmp_path):
         state = checkpoint["optimizer"]["state"][4]
         assert (state["exp_avg"].dtype, state["exp_avg_sq"].dtype, state["step"].dtype) == (moments, moments, torch.float32)
     assert run("convert", src, "-o", tmp_path / "x.pt", "--cast-optimizer").exit_code == 2
+
+
+def test_diff_compares_the_optimizer_state_too(tmp_path):
+    src, out = tmp_path / "train.pt", tmp_path / "sub.pt"
+    trained("adam", src)
+    assert run("subsample", src, "-o", out, "--classes", "0,3,1", "--layers", "cls_logits", "--anchors", ANCHORS, "-q").exit_code == 0
+    result = run("diff", src, out, "--json")
+    changed = sorted(t["name"] for t in json.loads(result.stdout)["tensors"] if t["status"] != "identical")
+    params = ("cls_logits.weight", "cls_logits.bias")
+    assert result.exit_code == 1
+    assert changed == sorted([*params, *(f"optimizer/state/{p}/{k}" for p in params for k in ("exp_avg", "exp_avg_sq"))])
+
+
+def test_param_groups_out_of_model_order_are_refused(tmp_path):
+    src = tmp_path / "groups.pt"
+    model = Detector()
+    head = [model.cls_logits.weight, model.cls_logits.bias]
+    rest = [p for n, p in model.named_parameters() if not n.startswith("cls_logits")]
+    optimizer = torch.optim.Adam([{"params": head, "lr": 1e-2}, {"params": rest}], lr=1e-3)  # head first
+    step(model, optimizer, 0)
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, src)
+    text = run("inspect", src).stdout
+    assert (
+        "training: optimizer is not mapped to parameter names: optimizer's exp_avg for parameter 0 has shape "
+        "[10, 8, 3, 3] but parameter 0 in state-dict order (buffers left out), backbone.weight, has [8, 3, 3, 3]"
+    ) in text

@@ -51,7 +51,9 @@ def diff(a: Path, b: Path, atol: float, rtol: float, filters: tuple[str, ...], r
     Lists names only in A (removed) and only in B (added), shape and dtype
     changes, and for common tensors max |a-b|, mean |a-b|, the relative
     max (largest |a-b| / max(|a|,|b|)) and whether the bytes are equal.
-    Data is streamed: two tensors at a time, in chunks.
+    Data is streamed: two tensors at a time, in chunks. A training
+    checkpoint's optimizer tensors are compared too, as
+    optimizer/state/<parameter>/<key>.
 
     Exit status, as diff(1): 0 when every tensor is identical within the
     tolerance, 1 when something differs, 2 on an error (one `error:` line).
@@ -81,8 +83,8 @@ def diff(a: Path, b: Path, atol: float, rtol: float, filters: tuple[str, ...], r
 def _load_pair(a: Path, b: Path, key, rules, filters, layout_aware: bool, flatten_shapes):
     from ..io import load
 
-    tree_a = load(a, key=key) if key is None or _is_torch(a) else load(a)
-    tree_b = load(b, key=key) if key is None or _is_torch(b) else load(b)
+    tree_a = _with_optimizer(load(a, key=key) if key is None or _is_torch(a) else load(a))
+    tree_b = _with_optimizer(load(b, key=key) if key is None or _is_torch(b) else load(b))
     if layout_aware:
         tree_a, tree_b = _same_layout(tree_a, tree_b, _parse_flatten_shapes(flatten_shapes))
     elif flatten_shapes:
@@ -96,6 +98,15 @@ def _load_pair(a: Path, b: Path, key, rules, filters, layout_aware: bool, flatte
         if not tree_a and not tree_b:
             raise OperationError(f"no tensor name matches --filter {' '.join(filters)}", "--filter", "list the names with `surgery inspect`; globs are case-sensitive")
     return tree_a, tree_b
+
+
+def _with_optimizer(tree):
+    """A training checkpoint's optimizer tensors are compared too, under their own names."""
+    from ..formats.torch_training import training_state
+
+    state = training_state(tree)
+    extra = [e for o in state.optimizers for e in o.tensors.values()] if state is not None else []
+    return tree.derive(add=extra) if extra else tree
 
 
 def _is_torch(path: Path) -> bool:

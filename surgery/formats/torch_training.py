@@ -218,8 +218,8 @@ def _param_order(raw: dict, model: list[Entry], where: str) -> tuple[tuple[str, 
             value = per_param.get(key)
             if _is_tensor(value) and tuple(value.shape) != param.shape:
                 return None, (
-                    f"{where}'s {key} for parameter {index} has shape {list(value.shape)} but tensor {index} "
-                    f"without buffers, {param.name}, has {list(param.shape)}"
+                    f"{where}'s {key} for parameter {index} has shape {list(value.shape)} but parameter {index} in "
+                    f"state-dict order (buffers left out), {param.name}, has {list(param.shape)}"
                 )
     return tuple(e.name for e in params), ""
 
