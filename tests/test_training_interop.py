@@ -272,3 +272,11 @@ def test_param_groups_out_of_model_order_are_refused(tmp_path):
         "training: optimizer is not mapped to parameter names: optimizer's exp_avg for parameter 0 has shape "
         "[10, 8, 3, 3] but parameter 0 in state-dict order (buffers left out), backbone.weight, has [8, 3, 3, 3]"
     ) in text
+
+
+def test_a_model_only_format_says_what_it_leaves_behind(tmp_path):
+    src = tmp_path / "train.pt"
+    trained("adam", src)
+    result = run("convert", src, "-o", tmp_path / "model.safetensors")
+    assert result.exit_code == 0
+    assert result.stderr.splitlines()[-1] == "note: optimizer, epoch, rng not written: a safetensors file holds the model's tensors only"

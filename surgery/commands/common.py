@@ -94,6 +94,9 @@ def _write(label: str, tree, output: Path, fmt: str, *, force: bool, dry_run: bo
 
     with _progress(label, tree.total_bytes, quiet) as progress:
         save(tree, output, fmt, force=force, shard_size=shard_size, progress=progress)
+    from .training import note_training_not_written
+
+    note_training_not_written(tree, fmt, quiet)
 
 
 def _report(document: dict, as_json: bool, quiet: bool, printer: Callable[[dict], None]) -> None:

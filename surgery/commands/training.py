@@ -28,3 +28,15 @@ def print_training(tree) -> None:
         click.echo(f"training: left out by --drop-optimizer: {', '.join(document['dropped'])}")
     kept = ", ".join(_printable(k) for k in document["kept"]) or "none"
     click.echo(f"training: model state dict under {_printable(document['model_key'])!r}; other entries kept as they are: {kept}")
+
+
+def note_training_not_written(tree, fmt: str, quiet: bool) -> None:
+    """Only torch checkpoints hold optimizer state: say so when another format leaves it behind."""
+    from ..formats.torch_training import training_state
+
+    state = training_state(tree)
+    if state is None or fmt == "torch" or quiet:
+        return
+    left = [o.where for o in state.optimizers] + list(state.kept)
+    if left:
+        click.echo(f"note: {', '.join(_printable(k) for k in left)} not written: a {fmt} file holds the model's tensors only", err=True)
