@@ -201,7 +201,7 @@ def _optimizer(where: str, prefix: str, raw: dict, model: list[Entry], make_entr
 
 def _param_order(raw: dict, model: list[Entry], where: str) -> tuple[tuple[str, ...] | None, str]:
     """Parameter names by optimizer index, or None and the reason the order cannot be proven."""
-    ids = [i for group in raw["param_groups"] if isinstance(group, dict) for i in group.get("params", [])]
+    ids = [i for group in raw["param_groups"] for i in _group_params(group)]
     if ids != list(range(len(ids))):
         return None, f"{where}'s param_groups do not number the parameters 0..{len(ids) - 1} in order"
     params = [e for e in model if e.name.rsplit(".", 1)[-1] not in BUFFER_NAMES]
@@ -232,7 +232,13 @@ def _kind(keys: set[str]) -> str:
 
 
 def _count_params(raw: Mapping[str, Any]) -> int:
-    return sum(len(g.get("params", [])) for g in raw["param_groups"] if isinstance(g, dict))
+    return sum(len(_group_params(g)) for g in raw["param_groups"])
+
+
+def _group_params(group: Any) -> list:
+    # A hostile file may put anything here; what is not a list of indices counts as none.
+    params = group.get("params") if isinstance(group, dict) else None
+    return params if isinstance(params, list) else []
 
 
 def _walk_refs(value: Any, found: list) -> None:

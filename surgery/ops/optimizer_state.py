@@ -134,7 +134,7 @@ def follow_removed(new: Tree, removed: Iterable[str], report: Report) -> Tree:
             optimizers.append(o)
             continue
         renumber = {old: new_index for new_index, old in enumerate(i for i in range(len(o.param_names)) if i not in gone)}
-        groups = [{**g, "params": [renumber[i] for i in g["params"] if i in renumber]} for g in o.raw["param_groups"]]
+        groups = [{**g, "params": [renumber[i] for i in g["params"] if i in renumber]} if isinstance(g, dict) else g for g in o.raw["param_groups"]]
         per_param = {renumber[i]: v for i, v in o.raw["state"].items() if i in renumber}
         entries = []
         for e in o.tensors.values():
