@@ -8,6 +8,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -42,6 +43,40 @@ def best_of(repeats: int, argv: list[str], cleanup: Path) -> dict[str, float]:
         walls.append(wall)
         rss.append(peak)
     return {"wall_s": statistics.median(walls), "walls_s": walls, "peak_rss_bytes": max(rss)}
+
+
+def round_robin(cmds: dict[str, list[str]], repeats: int, before: Callable[[str], None] | None = None) -> dict[str, dict]:
+    """Every command once per round, in turn, so slow spells of a shared machine hit all alike.
+
+    `before(name)` runs untimed before each run (delete an output, sync). Returns per command the
+    median wall time, every round's time, the largest peak RSS and the 1-minute load average
+    recorded before each run.
+    """
+    runs: dict[str, list[tuple[float, int, float]]] = {name: [] for name in cmds}
+    for _ in range(repeats):
+        for name, argv in cmds.items():
+            if before is not None:
+                before(name)
+            load = os.getloadavg()[0]
+            wall, peak = run_measured(argv)
+            runs[name].append((wall, peak, load))
+    return {
+        name: {
+            "wall_s": statistics.median(w for w, _, _ in r),
+            "walls_s": [round(w, 3) for w, _, _ in r],
+            "peak_rss_bytes": max(p for _, p, _ in r),
+            "load_1min": [round(la, 2) for _, _, la in r],
+        }
+        for name, r in runs.items()
+    }
+
+
+def print_runs(runs: dict[str, dict]) -> None:
+    """One line per command of `round_robin`'s result: median, every round, peak RSS, load."""
+    for name, r in runs.items():
+        walls = ", ".join(f"{w:.2f}" for w in r["walls_s"])
+        loads = ", ".join(f"{la:.2f}" for la in r["load_1min"])
+        print(f"{name:12} median {r['wall_s']:7.2f} s  (runs {walls})  peak RSS {mib(r['peak_rss_bytes']):>10}  load {loads}")
 
 
 def remove(path: Path) -> None:

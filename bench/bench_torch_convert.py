@@ -30,14 +30,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import mib, remove, run_measured, surgery_argv, warm  # noqa: E402
+from _measure import mib, print_runs, remove, round_robin, surgery_argv, warm  # noqa: E402
 
 MiB = 1 << 20
 LARGEST = 256 * MiB
@@ -91,26 +90,15 @@ def commands(src: Path, work: Path) -> dict[str, tuple[list[str], Path]]:
 
 
 def measure(cmds: dict[str, tuple[list[str], Path]], repeats: int, cold: bool) -> dict[str, dict]:
-    """Round-robin: every command once per round, so slow spells of a shared machine hit all alike."""
-    runs: dict[str, list[tuple[float, int, float]]] = {name: [] for name in cmds}
-    for _ in range(repeats):
-        for name, (argv, output) in cmds.items():
-            remove(output)
-            os.sync()
-            if cold:
-                drop_caches()
-            load = os.getloadavg()[0]
-            wall, peak = run_measured(argv)
-            runs[name].append((wall, peak, load))
-    return {
-        name: {
-            "wall_s": statistics.median(w for w, _, _ in r),
-            "walls_s": [round(w, 3) for w, _, _ in r],
-            "peak_rss_bytes": max(p for _, p, _ in r),
-            "load_1min": [round(la, 2) for _, _, la in r],
-        }
-        for name, r in runs.items()
-    }
+    """Round-robin; before each run its output is deleted, and synced (and the cache dropped with --cold)."""
+
+    def before(name: str) -> None:
+        remove(cmds[name][1])
+        os.sync()
+        if cold:
+            drop_caches()
+
+    return round_robin({name: argv for name, (argv, _) in cmds.items()}, repeats, before)
 
 
 def check(src: Path, ours: Path, theirs: Path) -> dict[str, object]:
@@ -188,10 +176,7 @@ def main() -> None:
         print(json.dumps(results, indent=2))
         return
     print(f"{results['bytes'] / 1e9:.2f} GB; largest tensor {mib(LARGEST)}; RSS budget {mib(budget)}; cache {results['cache']}")
-    for name, r in runs.items():
-        walls = ", ".join(f"{w:.2f}" for w in r["walls_s"])
-        loads = ", ".join(f"{la:.2f}" for la in r["load_1min"])
-        print(f"{name:12} median {r['wall_s']:7.2f} s  (runs {walls})  peak RSS {mib(r['peak_rss_bytes']):>10}  load {loads}")
+    print_runs(runs)
     print(
         f"surgery / cp {results['ratio_to_cp']:.2f}, / cp+sync {results['ratio_to_cp_sync']:.2f}, "
         f"/ recipe {results['ratio_to_recipe']:.2f}; RSS within budget: {results['rss_within_budget']}"

@@ -130,8 +130,9 @@ from .commands.names import rename, transplant  # noqa: E402
 from .commands.layers import strip_head, truncate, reinit, adapt_input  # noqa: E402
 from .commands.freezing import freeze  # noqa: E402
 from .commands.recipes import apply  # noqa: E402
+from .commands.diff import diff  # noqa: E402
 
-for _command in (inspect, convert, subsample, upsample, verify, rename, transplant, strip_head, truncate, reinit, adapt_input, freeze, apply):
+for _command in (inspect, convert, subsample, upsample, verify, rename, transplant, strip_head, truncate, reinit, adapt_input, freeze, apply, diff):
     main.add_command(_command)
 from .commands.export import export_onnx  # noqa: E402
 main.add_command(export_onnx)

@@ -1,7 +1,7 @@
 """Every shell block of the README runs as it is written, in order, from a checkout.
 
 A newcomer pastes the blocks into a terminal after the Quick start's two commands. The blocks
-use three shell forms only, and this test runs exactly those, in-process (a bash per command
+use three shell forms only (a command's stdout may go to a file with `> FILE`), and this test runs exactly those, in-process (a bash per command
 would cost a Python start-up each): `NAME=$(python -c "...")/rest` (a path a package installs),
 `cat > FILE <<'EOF'` ... `EOF` (a recipe file), and `surgery ...` command lines. Anything else
 in a block fails the test, so a block stays pasteable. A block that names a file nobody has
@@ -48,8 +48,17 @@ def _run_block(block: str, variables: dict[str, str]) -> None:
                 f.write("\n".join(body) + "\n")
         elif line.startswith("surgery "):
             words = shlex.split(re.sub(r'"\$([A-Z_]+)"', lambda m: shlex.quote(variables[m[1]]), line), comments=True)
+            if ">" in words:  # `> FILE`: the command's stdout goes to a file
+                at = words.index(">")
+                words, target = words[:at], words[at + 1]
+            else:
+                target = None
             result = run(*words[1:])
-            assert result.exit_code == 0, f"{line}\n{result.stderr}"
+            expected = 1 if re.search(r"#.*\bexits 1\b", line) else 0  # `surgery diff` exits 1 on a difference, as diff(1)
+            assert result.exit_code == expected, f"{line}\n{result.stderr}"
+            if target is not None:
+                with open(target, "w", encoding="utf-8") as f:
+                    f.write(result.stdout)
         else:
             pytest.fail(f"README shell line is not one of the forms this test runs: {line!r}")
 

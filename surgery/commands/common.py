@@ -89,11 +89,21 @@ def quiet_option(f: Callable) -> Callable:
 def output_options(f: Callable) -> Callable:
     """-o/--output, --force and --dry-run, shared by every command that writes."""
     f = click.option("--dry-run", is_flag=True, help="Print what would be written, and write nothing.")(f)
+    f = click.option("--drop-optimizer", is_flag=True, expose_value=False, callback=_drop_optimizer, help="Training checkpoints: leave the optimizer state out (the way out when its parameter order cannot be proven).")(f)
     f = click.option("--force", is_flag=True, help="Replace OUTPUT if it exists (never an input).")(f)
     f = click.option(
         "-o", "--output", required=True, type=click.Path(path_type=Path), help="Where to write the result."
     )(f)
     return f
+
+
+def _drop_optimizer(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    """--drop-optimizer: the torch reader leaves optimizer state out while this command runs."""
+    if value:
+        from ..formats.torch_training import DROP_OPTIMIZER
+
+        token = DROP_OPTIMIZER.set(True)
+        ctx.call_on_close(lambda: DROP_OPTIMIZER.reset(token))
 
 
 def name_options(f: Callable) -> Callable:
@@ -127,6 +137,9 @@ def _write(label: str, tree, output: Path, fmt: str, *, force: bool, dry_run: bo
 
     with _progress(label, tree.total_bytes, quiet) as progress:
         save(tree, output, fmt, force=force, shard_size=shard_size, progress=progress)
+    from .training import note_training_not_written
+
+    note_training_not_written(tree, fmt, quiet)
 
 
 def _report(document: dict, as_json: bool, quiet: bool, printer: Callable[[dict], None]) -> None:

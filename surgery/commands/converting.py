@@ -32,6 +32,7 @@ from .common import (
 @name_options
 @click.option("--to", "to", type=click.Choice(FORMAT_NAMES), help="Output format (default: from OUTPUT's suffix).")
 @click.option("--dtype", type=click.Choice(["float16", "bfloat16", "float32"]), help="Cast floating tensors; integers and bools are kept.")
+@click.option("--cast-optimizer", is_flag=True, help="Training checkpoints, with --dtype: cast the optimizer's floating moments (exp_avg, exp_avg_sq, ...) too; step counters are kept.")
 @click.option("--shard-size", type=SizeType(), help="Write a sharded safetensors folder, shards of at most SIZE (5GB, 500MB).")
 @key_option
 @click.option("--external-data", "external_data", flag_value="external", default=None, help="ONNX output: write tensors of at least --size-threshold bytes to one data file beside the model.")
@@ -54,6 +55,7 @@ def convert(
     layout: str | None = None, from_layout: str | None = None, flatten_shapes: tuple[str, ...] = (), rules_file: Path | None = None, transposed: tuple[str, ...] = (), depthwise: tuple[str, ...] = (),
     key: str | None = None,
     external_data: str | None = None, size_threshold: int | None = None,
+    cast_optimizer: bool = False,
 ) -> None:
     """Convert SRC to another format, dtype or sharding, and write OUTPUT.
 
@@ -81,6 +83,12 @@ def convert(
     cast_report = None
     if dtype:
         tree, cast_report = cast_floating(tree, dtype)
+        if cast_optimizer:
+            from ..ops.optimizer_state import cast_moments
+
+            tree = cast_moments(tree, dtype, cast_report)
+    elif cast_optimizer:
+        raise click.UsageError("--cast-optimizer casts to the --dtype given; add --dtype")
     tree = _onnx_write_options(tree, output, to, dtype, external_data, size_threshold, shard_size is not None)
     fmt = check_output(tree, output, to, force=force, shard_size=shard_size)
     summary = {

@@ -60,11 +60,15 @@ def inspect(path: Path, filters: tuple[str, ...], as_json: bool, key: str | None
                 **({"labels": _labels(tree)} if _labels(tree) is not None else {}),  # class names, when known
                 **_onnx_facts(tree),
                 **({"not_read": tree.format_state[DROPPED_ON_READ]} if DROPPED_ON_READ in tree.format_state else {}),
+                **_training_json(tree),
             }
         )
         return
     _print_table(tree, entries, total, parameters, convention)
     _print_onnx_facts(_onnx_facts(tree).get("onnx"))
+    from .training import print_training
+
+    print_training(tree)
 
 
 def _parameter_count(tree, entries: list) -> int:
@@ -105,6 +109,13 @@ def _print_onnx_facts(facts: dict | None) -> None:
             click.echo(f"{kind[:-1]} {_printable(value['name'])} {shape} {value.get('dtype', value.get('type'))}")
     if facts["external_data"]:
         click.echo(f"external data: {', '.join(_printable(n) for n in facts['external_data'])}")
+
+
+def _training_json(tree) -> dict:
+    from .training import training_document
+
+    document = training_document(tree)
+    return {"training": document} if document is not None else {}
 
 
 def _filtered(tree, filters: tuple[str, ...], path: Path) -> list:

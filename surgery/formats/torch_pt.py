@@ -412,7 +412,16 @@ def load(path: Path, key: str | None = None) -> Tree:
         left = _left_out(obj, chosen)
         if left:
             format_state[DROPPED_ON_READ] = "; ".join(left)
+    format_state.update(_training(obj, chosen, path, entries, storages))
     return Tree(entries, format=NAME, convention=convention, metadata=metadata, format_state=format_state)
+
+
+def _training(obj: Any, chosen: str, path: Path, entries: list[Entry], storages: dict[str, FileRange]) -> dict:
+    """The optimizer state and other entries beside the state dict (see torch_training)."""
+    from .torch_training import TRAINING_KEY, read_training
+
+    state = read_training(obj, chosen, path, entries, lambda name, ref: _entry(path, name, ref, storages))
+    return {TRAINING_KEY: state} if state is not None else {}
 
 
 def _read_zip(path: Path, refused: list[str]) -> tuple[Any, dict[str, FileRange]]:
@@ -555,6 +564,10 @@ def _state_dict(obj: Any, key: str | None, where: str, refused: list[str]) -> tu
         raise _refusal(refused[0], where, fix)
     if key is not None:
         holder = _keyed(obj, key, where)
+    elif preferred := [k for k in _containers(obj) if k in CONTAINER_KEYS]:
+        # Known containers first: a training checkpoint may hold a loose tensor beside them (an RNG state).
+        key = preferred[0]
+        holder = obj[key]
     elif _tensors(obj):
         holder, key = obj, ""
     else:

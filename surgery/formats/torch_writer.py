@@ -295,8 +295,7 @@ def save(tree: Tree, path: Path, *, progress: Progress | None = None) -> None:
         CorruptFileError: a tensor's source gave a different number of bytes than declared.
     """
     check_writable(tree)
-    storages = plan_storages(tree)
-    data_pkl = pickle_state_dict(storages, list(tree), dict(tree.metadata))
+    storages, data_pkl = _training_checkpoint(tree) or _state_dict(tree)
     with open(path, "wb") as f:
         progress = Writeback(f.fileno(), start=0).progress(progress)  # writeback overlaps the copy (see surgery.durable)
         with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as z:
@@ -312,6 +311,21 @@ def save(tree: Tree, path: Path, *, progress: Progress | None = None) -> None:
             archive.record(".data/serialization_id", [serialization_id], len(serialization_id))
         f.flush()
         os.fsync(f.fileno())
+
+
+def _state_dict(tree: Tree) -> tuple[list[Storage], bytes]:
+    storages = plan_storages(tree)
+    return storages, pickle_state_dict(storages, list(tree), dict(tree.metadata))
+
+
+def _training_checkpoint(tree: Tree) -> tuple[list[Storage], bytes] | None:
+    """A training checkpoint's optimizer state and other entries go back around the state dict (torch_training)."""
+    from .torch_training import extra_entries, pickle_checkpoint, training_state
+
+    if training_state(tree) is None:
+        return None
+    storages = plan_storages(Tree([*tree.values(), *extra_entries(tree)]))
+    return storages, pickle_checkpoint(tree, storages, dict(tree.metadata))
 
 
 class _Archive:

@@ -35,6 +35,7 @@ from ..naming import layer_of, layers, matches
 from ..provenance import record
 from ..report import Report
 from ..tree import Entry, Tree
+from .optimizer_state import follow_classes
 
 __all__ = [
     "LAYOUTS",
@@ -554,6 +555,7 @@ def apply_plan(tree: Tree, plan: ClassPlan, *, init: str = "gaussian", seed: int
     if plan.adds_classes:
         report.notes.append(f"new classes initialised with {init} (seed {seed})")
     edited = tree.derive(replace=replace, metadata=metadata)
+    edited = follow_classes(tree, edited, plan, report)  # the optimizer's moments take the same channels
     graph = graph_of(tree)
     if graph is not None:  # an ONNX graph: its Reshape constants, Splits and outputs follow the edit
         edited = graph.follow_classes(tree, edited, plan, report)

@@ -29,6 +29,7 @@ from ..naming import layer_of, matches, param_of
 from ..provenance import record
 from ..report import Report
 from ..tree import Entry, Tree
+from .optimizer_state import follow_removed, follow_renames
 
 __all__ = ["rename", "strip_prefix", "select", "apply_names", "parse_rule", "apply_rules"]
 
@@ -159,6 +160,7 @@ def select(tree: Tree, keep: Sequence[str] = (), drop: Sequence[str] = ()) -> tu
     for name in gone:
         report.add("dropped", name, before=tree[name].describe())
     new = tree.derive(drop=gone)
+    new = follow_removed(new, gone, report)
     return record(new, "select", keep=list(keep) or None, drop=list(drop) or None), report
 
 
@@ -188,6 +190,7 @@ def _renamed(tree: Tree, mapping: Mapping[str, str], report: Report) -> tuple[Tr
             replace[old] = Entry(new, tree[old].shape, tree[old].dtype, tree[old].source, _attrs(tree[old], new))
             report.add("renamed", old, before=old, after=new)
     result = tree.derive(replace=replace)
+    result = follow_renames(result, {old: e.name for old, e in replace.items()}, report)  # optimizer state keeps its links
     if tree.format == _KERAS and replace:
         _follow_keras_layers(tree, result, report)
     return result, report

@@ -58,6 +58,7 @@ from ..naming import layer_of, matches, param_of
 from ..provenance import record
 from ..report import Report
 from ..tree import TORCH, Entry, Tree  # noqa: F401 (TORCH: used by the examples)
+from .optimizer_state import follow_reinit
 from .fans import LAYOUTS, fans, input_axis
 
 __all__ = ["INITS", "Init", "parse_init", "plan_reinit", "TensorPlan", "reinit", "adapt_input", "find_input_conv"]
@@ -360,6 +361,7 @@ def reinit(
     report.facts["tensors"] = [p.to_json(tree) for p in plans]
     report.facts["seed"] = seed
     edited = tree.derive(replace=replace)
+    edited = follow_reinit(edited, replace, report)  # fresh weights start from zero moments
     return record(edited, "reinit", layers=globs, init=init, bias_init=bias_init, seed=seed, layout=layout), report
 
 
@@ -477,6 +479,7 @@ def adapt_input(tree: Tree, channels: int, *, layer: str | None = None, layout: 
     metadata = dict(tree.metadata)
     report.notes.extend(follow_input_channels(metadata, _config_layer(kernel), kernel.shape[axis], channels))
     edited = tree.derive(replace={kernel.name: Entry.computed(kernel.name, tuple(shape), kernel.dtype, _adapter(kernel, axis, channels), like=kernel)}, metadata=metadata)
+    edited = follow_reinit(edited, [kernel.name], report)  # new input channels: its moments restart at zero
     report.facts.update(
         layer=layer_of(kernel.name), tensor=kernel.name, before=list(kernel.shape), after=shape, rule=rule, why=why, axis=axis, channels=channels
     )

@@ -35,6 +35,7 @@ from ..naming import layer_of, matches
 from ..provenance import record
 from ..report import Report
 from ..tree import DROPPED_ON_READ, Entry, Tree
+from .optimizer_state import follow_removed
 
 __all__ = ["HeadMatch", "detect_head", "score_layer", "strip_head", "truncate", "layer_order", "FAMILIES"]
 
@@ -339,6 +340,7 @@ def _remove_layers(tree: Tree, layers: Iterable[str], tensors: Iterable[str], re
         entry = tree[name]
         report.add("dropped", name, before=f"{list(entry.shape)} {entry.dtype}")
     new = tree.derive(drop=dropped, metadata=metadata)
+    new = follow_removed(new, dropped, report)  # their optimizer state goes too; param_groups renumbered
     _drop_from_layer_list(new, removed)
     report.facts["removed_layers"] = [layer for layer in layer_order(tree) if layer in removed]
     report.facts["kept_tensors"] = len(new)

@@ -1,0 +1,42 @@
+"""How commands show a training checkpoint's state: optimizer kind, step, tensors, entries kept."""
+
+from __future__ import annotations
+
+import click
+
+from .common import _printable
+
+
+def training_document(tree) -> dict | None:
+    """The training state as plain data for --json, or None for a checkpoint without one."""
+    from ..formats.torch_training import describe, training_state
+
+    state = training_state(tree)
+    return describe(state) if state is not None else None
+
+
+def print_training(tree) -> None:
+    document = training_document(tree)
+    if document is None:
+        return
+    for o in document["optimizers"]:
+        step = "no step counter" if o["step"] is None else f"step {o['step']:g}"
+        click.echo(f"training: {o['where']}: {o['kind']}, {step}, {o['tensors']} tensors for {o['parameters']} parameters, as {o['namespace']}/state/<parameter>/<key>")
+        if not o["mapped"]:
+            click.echo(f"training: {o['where']} is not mapped to parameter names: {o['reason']}; edits that change parameters refuse it, --drop-optimizer leaves it out")
+    if document["dropped"]:
+        click.echo(f"training: left out by --drop-optimizer: {', '.join(document['dropped'])}")
+    kept = ", ".join(_printable(k) for k in document["kept"]) or "none"
+    click.echo(f"training: model state dict under {_printable(document['model_key'])!r}; other entries kept as they are: {kept}")
+
+
+def note_training_not_written(tree, fmt: str, quiet: bool) -> None:
+    """Only torch checkpoints hold optimizer state: say so when another format leaves it behind."""
+    from ..formats.torch_training import training_state
+
+    state = training_state(tree)
+    if state is None or fmt == "torch" or quiet:
+        return
+    left = [o.where for o in state.optimizers] + list(state.kept)
+    if left:
+        click.echo(f"note: {', '.join(_printable(k) for k in left)} not written: a {fmt} file holds the model's tensors only", err=True)
