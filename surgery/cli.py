@@ -72,6 +72,8 @@ from .commands.recipes import apply  # noqa: E402
 
 for _command in (inspect, convert, subsample, upsample, verify, rename, transplant, strip_head, truncate, reinit, adapt_input, freeze, apply):
     main.add_command(_command)
+from .commands.clean import clean  # noqa: E402
+main.add_command(clean)
 
 
 if __name__ == "__main__":

@@ -33,11 +33,25 @@ def load(path: str | Path, format: str | None = None, *, key: str | None = None)
     name = format or formats.detect(path)
     options = _key_option(name, key, path)
     try:
-        return formats.module(name).load(path, **options)
+        tree = formats.module(name).load(path, **options)
     except SurgeryError:
         raise
     except OSError as e:
         raise SurgeryError(f"cannot read the file ({e.strerror or e})", str(path), "check the path and permissions") from e
+    tree.inputs = _input_paths(path)
+    return tree
+
+
+def _input_paths(path: Path) -> tuple[Path, ...]:
+    """What a load came from, even when no tensor is read from it: the path, a folder's
+    files (index, shards), and the folder that holds an index."""
+    found = [path]
+    if path.is_dir():
+        found += [p for p in sorted(path.iterdir()) if p.is_file()]
+    elif path.suffix.lower() == ".json":
+        found.append(path.parent)
+        found += [p for p in sorted(path.parent.glob("*.safetensors")) if p.is_file()]
+    return tuple(found)
 
 
 def _key_option(name: str, key: str | None, path: Path) -> dict[str, str]:
@@ -75,11 +89,11 @@ def save(
     path = Path(path)
     name = check_output(tree, path, format, force=force, shard_size=shard_size)
     options = {"shard_size": shard_size} if shard_size is not None else {}
-    with atomic_output(path, directory=shard_size is not None) as tmp:
-        try:
+    try:
+        with atomic_output(path, directory=shard_size is not None) as tmp:
             formats.module(name).save(tree, tmp, progress=progress, **options)
-        except OSError as e:
-            raise OutputError(f"cannot write the output ({e.strerror or e})", str(path), "check free space and permissions") from e
+    except OSError as e:  # also what the fsyncs and the swap raise, named after the destination
+        raise OutputError(f"cannot write the output ({e.strerror or e})", str(path), "check free space and permissions") from e
     return name
 
 
