@@ -7,7 +7,7 @@ from typing import Callable
 
 from . import formats
 from .atomic import atomic_output, check_destination
-from .errors import FormatError, OutputError, SurgeryError
+from .errors import CorruptFileError, FormatError, OutputError, SurgeryError
 from .tree import Tree
 
 __all__ = ["load", "save", "check_output"]
@@ -38,8 +38,21 @@ def load(path: str | Path, format: str | None = None, *, key: str | None = None)
         raise
     except OSError as e:
         raise SurgeryError(f"cannot read the file ({e.strerror or e})", str(path), "check the path and permissions") from e
+    _check_names(tree, path)
     tree.inputs = _input_paths(path)
     return tree
+
+
+def _check_names(tree: Tree, path: Path) -> None:
+    """Refuse, at read time, names no writer could store (lone surrogates from a bad file)."""
+    texts = [*tree, *tree.metadata, *tree.metadata.values(), *(v for v in tree.format_state.values() if isinstance(v, str))]
+    for text in texts:
+        try:
+            text.encode("utf-8")
+        except (UnicodeEncodeError, AttributeError):
+            raise CorruptFileError(
+                f"the file holds the name {ascii(text)}, which is not valid UTF-8", str(path), "the file is corrupt; re-export it"
+            ) from None
 
 
 def _input_paths(path: Path) -> tuple[Path, ...]:

@@ -69,8 +69,12 @@ def _limit_memory() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
 
 
+READ_TIMEOUT = "3"  # seconds surgery's own read guard allows, well below the fuzzer's hang limit
+
+
 def _worker(conn, suffixes: dict[str, str | None]) -> None:
     _limit_memory()
+    os.environ["SURGERY_READ_TIMEOUT"] = READ_TIMEOUT
     import surgery.io
     from surgery.errors import SurgeryError
 
