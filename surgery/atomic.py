@@ -28,6 +28,7 @@ import secrets
 import shutil
 import signal
 import sys
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -163,16 +164,25 @@ def _replace(tmp: Path, dst: Path) -> None:
 
 @contextmanager
 def _signals_held() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM for the few renames of a swap; they are delivered right after."""
-    if not hasattr(signal, "pthread_sigmask"):
-        yield
+    """Hold SIGINT and SIGTERM for the few renames of a swap; they take effect right after.
+
+    A handler that only takes note, rather than a blocked signal mask: the kernel may hand
+    a process signal to any thread (numpy's BLAS threads among them), whose mask we do
+    not control.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread receives Python signal handlers, and may set them
         return
-    held = {signal.SIGINT, signal.SIGTERM}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    caught: list[int] = []
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.signal(s, lambda signum, _frame: caught.append(signum)) for s in held}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+        for s in caught:
+            signal.raise_signal(s)
 
 
 # -- renameat2(RENAME_EXCHANGE) -----------------------------------------------------

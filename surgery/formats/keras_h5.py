@@ -342,10 +342,20 @@ def _read_attr(attrs: Any, name: str) -> Any:
     if claimed > min(file_size, _ATTR_MAX_BYTES):
         raise CorruptFileError(
             f"attribute {name!r} claims {count} strings ({claimed} bytes), more than the file's {file_size} bytes can hold",
-            h5py.h5i.get_file_id(attrs._id).name.decode("utf-8", "replace"),
+            _file_name(attrs),
             _FIX,
         )
     return attrs[name]
+
+
+def _excerpt(text: str) -> str:
+    """The text around its first character that is not valid UTF-8, escaped."""
+    bad = next((k for k, ch in enumerate(text) if 0xD800 <= ord(ch) <= 0xDFFF), 0)
+    return ascii(text[max(0, bad - 20) : bad + 20])
+
+
+def _file_name(attrs: Any) -> str:
+    return "" if isinstance(attrs, dict) else _h5py().h5i.get_file_id(attrs._id).name.decode("utf-8", "replace")
 
 
 def _attr_string(attrs: Any, name: str) -> str | None:
@@ -354,6 +364,10 @@ def _attr_string(attrs: Any, name: str) -> str | None:
     if isinstance(value, bytes):
         return value.decode("utf-8", errors="replace")
     if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # h5py hands undecodable bytes back as lone surrogates
+            raise CorruptFileError(f"attribute {name!r} holds {_excerpt(value)}, which is not valid UTF-8", _file_name(attrs), _FIX) from None
         return value
     if isinstance(value, np.ndarray) and value.shape == () and value.dtype.kind in "SUO":
         return _attr_string({name: value.item()}, name)
