@@ -15,6 +15,7 @@ from unittest import mock
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "fixtures"))
+sys.path.insert(0, str(REPO))
 
 
 @dataclass(frozen=True)
