@@ -333,9 +333,11 @@ def _read_attr(attrs: Any, name: str) -> Any:
     h5py = _h5py()
     attr = h5py.h5a.open(attrs._id, name.encode("utf-8"))
     space, kind = attr.get_space(), attr.get_type()
-    if space.get_simple_extent_type() == h5py.h5s.NULL or kind.get_class() != h5py.h5t.STRING:
+    count = 0 if space.get_simple_extent_type() == h5py.h5s.NULL else space.get_simple_extent_npoints()
+    if count == 0:
+        return np.zeros(0, "S1")  # Keras 2.0 writes a weightless layer's weight_names as an empty float array
+    if kind.get_class() != h5py.h5t.STRING:
         return _NOT_TEXT
-    count = space.get_simple_extent_npoints()
     variable = kind.is_variable_str()
     claimed = count * (8 if variable else kind.get_size())  # a variable-length string costs a heap id in the file
     file_size = h5py.h5i.get_file_id(attrs._id).get_filesize()

@@ -38,6 +38,12 @@ def main(argv: list[str] | None = None) -> int:
 
     results = fuzz(names, seconds=seconds, cases=args.cases, base=args.seed, timeout=args.timeout, repro_dir=args.repro, progress=progress)
     print(table(results))
+    for r in results:
+        print(f"\n{r.seed}: most common clean errors")
+        for kind, count in r.messages.most_common(8):
+            print(f"  {count:6d}  {kind}")
+        for case, kind, detail in r.failures[:10]:
+            print(f"  {kind}: {r.seed}-{case.index} {case.what}\n    {detail.strip().splitlines()[-1] if detail.strip() else ''}")
     return 1 if any(r.failures for r in results) else 0
 
 
