@@ -37,7 +37,7 @@ from pathlib import Path
 from .errors import OutputError
 from .tree import same_file
 
-__all__ = ["atomic_output", "check_destination", "clean_leftovers", "Leftover", "notify"]
+__all__ = ["Leftover", "atomic_output", "check_destination", "clean_leftovers", "notify"]
 
 # Test hooks: SURGERY_TEST_KILL_AT names a step of the replace path at which the process
 # SIGKILLs itself (tests/test_kill.py); SURGERY_TEST_NO_EXCHANGE forces the rename fallback.

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 from .errors import CorruptFileError, SurgeryError
 
-__all__ = ["run_guarded", "TIMEOUT_ENV", "DISABLE_ENV"]
+__all__ = ["DISABLE_ENV", "TIMEOUT_ENV", "run_guarded"]
 
 TIMEOUT_ENV = "SURGERY_READ_TIMEOUT"  # seconds a guarded read may take (default 120)
 DISABLE_ENV = "SURGERY_NO_READ_GUARD"  # set to run guarded readers in-process

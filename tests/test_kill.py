@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import digest
 
 import surgery
-import surgery.atomic as atomic
-from helpers import digest
+from surgery import atomic
 from surgery.tree import Entry, Tree
 
 REPO = Path(__file__).resolve().parent.parent

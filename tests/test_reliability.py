@@ -15,10 +15,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from helpers import digest, error_line, run
 
 import surgery
-import surgery.atomic as atomic
-from helpers import digest, error_line, leftovers, run
+from surgery import atomic
 from surgery.errors import CorruptFileError
 from surgery.guard import run_guarded
 from surgery.tree import Entry, Tree

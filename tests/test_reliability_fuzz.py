@@ -9,7 +9,6 @@ import json
 import os
 
 import pytest
-
 from fuzz.regressions import load_store, outcome
 from fuzz.runner import fuzz
 from fuzz.seeds import SEEDS
