@@ -333,36 +333,36 @@ def test_a_weight_name_that_is_not_utf8_is_refused_escaped(tmp_path):
     )
 
 
-def test_a_link_name_that_is_not_utf8_is_refused_escaped(tmp_path):
+KERAS_FIX = "the file is corrupt or not a Keras weights file; re-save it with model.save_weights"
+
+
+def _bad_link_name(layers):
+    layers.create_group(b"dense\xff").create_group("vars").create_dataset("0", data=np.ones(2, np.float32))
+
+
+def _stored_datatype(layers):
+    layers["dense"] = np.dtype("float32")
+
+
+def _soft_and_external_links(layers):
+    layers["loop"] = h5py.SoftLink("/layers")
+    layers["outside"] = h5py.ExternalLink("/etc/passwd", "/")
+
+
+@pytest.mark.parametrize(
+    "build, message",
+    [
+        (_bad_link_name, "a link in '/layers' is named b'dense\\xff', which is not valid UTF-8"),
+        (_stored_datatype, "'/layers/dense' is a stored datatype, not a group or dataset"),
+        (_soft_and_external_links, "'/layers/loop' is a SoftLink; Keras files hold only plain groups and datasets"),
+    ],
+    ids=["bytes-link-name", "stored-datatype", "soft-link"],
+)
+def test_keras3_groups_that_are_not_plain_are_refused(tmp_path, build, message):
     path = tmp_path / "a.weights.h5"
     with h5py.File(path, "w") as f:
-        f.create_group("layers").create_group(b"dense\xff").create_group("vars").create_dataset("0", data=np.ones(2, np.float32))
-    assert error_line(run("inspect", path)) == (
-        f"error: a link in '/layers' is named b'dense\\xff', which is not valid UTF-8 ({path}); "
-        "the file is corrupt or not a Keras weights file; re-save it with model.save_weights"
-    )
-
-
-def test_a_stored_datatype_where_a_layer_should_be_is_refused(tmp_path):
-    path = tmp_path / "a.weights.h5"
-    with h5py.File(path, "w") as f:
-        f.create_group("layers")["dense"] = np.dtype("float32")
-    assert error_line(run("inspect", path)) == (
-        f"error: '/layers/dense' is a stored datatype, not a group or dataset ({path}); "
-        "the file is corrupt or not a Keras weights file; re-save it with model.save_weights"
-    )
-
-
-def test_soft_and_external_links_are_refused(tmp_path):
-    path = tmp_path / "a.weights.h5"
-    with h5py.File(path, "w") as f:
-        layers = f.create_group("layers")
-        layers["loop"] = h5py.SoftLink("/layers")
-        layers["outside"] = h5py.ExternalLink("/etc/passwd", "/")
-    assert error_line(run("inspect", path)) == (
-        f"error: '/layers/loop' is a SoftLink; Keras files hold only plain groups and datasets ({path}); "
-        "the file is corrupt or not a Keras weights file; re-save it with model.save_weights"
-    )
+        build(f.create_group("layers"))
+    assert error_line(run("inspect", path)) == f"error: {message} ({path}); {KERAS_FIX}"
 
 
 def test_an_attribute_that_claims_more_than_the_limit_is_not_read(tmp_path, monkeypatch):
