@@ -14,6 +14,7 @@ the process itself: the checks done before each read (see keras_h5) still apply.
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import pickle
 import select
@@ -72,6 +73,7 @@ def _child(read: Callable, args: tuple, w: int) -> None:
     code = 0
     try:
         signal.signal(signal.SIGINT, signal.SIG_DFL)  # the parent handles Ctrl-C and stops us
+        faulthandler.disable()  # a crash here is the parent's one-line error, not a dump on stderr
         try:
             result: tuple = ("ok", read(*args))
         except SurgeryError as e:

@@ -89,7 +89,15 @@ def test_an_interrupted_fallback_swap_puts_the_old_output_back(tmp_path, monkeyp
     assert names(tmp_path) == ["s"]
 
 
-def test_ctrl_c_during_the_swap_waits_for_it_to_finish(tmp_path, swap, monkeypatch):
+@pytest.fixture
+def python_ctrl_c():
+    """Python's own Ctrl-C handler: a framework imported by an earlier test may have replaced it."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_during_the_swap_waits_for_it_to_finish(tmp_path, swap, monkeypatch, python_ctrl_c):
     out = tmp_path / "s"
     surgery.save(surgery.load(TINY), out, shard_size=600)
     real = atomic._replace
@@ -401,7 +409,8 @@ def test_a_crash_inside_a_guarded_read_is_one_line():
 
 def test_ctrl_c_stops_a_spinning_read_within_a_second(tmp_path):
     script = (
-        "import ctypes, sys\n"
+        "import ctypes, signal, sys\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)  # whatever this test run inherited\n"
         "from surgery.guard import run_guarded\n"
         "print('ready', flush=True)\n"
         "run_guarded(ctypes.PyDLL(None).sleep, 60, where='x', what='w', fix='f')\n"
