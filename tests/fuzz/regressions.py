@@ -6,12 +6,14 @@ rebuilt from the golden seed generators. tests/test_reliability_fuzz.py checks e
 exact error message.
 
     python -m tests.fuzz.regressions add fuzz-repro/keras_h5-123 [more dirs]   # record
+    python -m tests.fuzz.regressions add-hang fuzz-repro/guarded/keras_h5-5459  # one HDF5 spins on
     python -m tests.fuzz.regressions fill         # record current messages as expected; review the diff
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -79,7 +81,7 @@ def load_store() -> list[dict]:
     return json.loads(STORE.read_text()) if STORE.exists() else []
 
 
-def add(directories: list[Path]) -> None:
+def add(directories: list[Path], env: dict[str, str] | None = None) -> None:
     store = load_store()
     for d in directories:
         seed = d.name.rsplit("-", 1)[0]
@@ -89,7 +91,7 @@ def add(directories: list[Path]) -> None:
             new = found.read_bytes()
             if new != old:
                 note = (d / "README.txt").read_text(errors="replace").splitlines()[0]
-                store.append({"seed": seed, "file": name, "patch": diff(old, new), "found": note, "message": ""})
+                store.append({"seed": seed, "file": name, "patch": diff(old, new), "found": note, "message": "", **({"env": env} if env else {})})
     STORE.write_text(json.dumps(store, indent=1) + "\n")
 
 
@@ -102,12 +104,21 @@ def outcome(case: dict, folder: Path) -> str:
     src = build(case, folder)
     own = SEEDS[case["seed"]].own_suffix
     targets = [["-o", str(folder / "out.safetensors")], ["-o", str(folder / "own"), "--shard-size", "600"] if own is None else ["-o", str(folder / ("own" + own))]]
-    for target in targets:
-        result = CliRunner().invoke(main, ["convert", str(src), *target, "-q"], catch_exceptions=False)
-        if result.exit_code:
-            assert result.exit_code == 1 and len(result.stderr.splitlines()) == 1, result.stderr
-            return result.stderr.strip().replace(str(folder), "{dir}")
-    return ""
+    saved = {k: os.environ.get(k) for k in case.get("env", {})}
+    os.environ.update(case.get("env", {}))  # e.g. a short SURGERY_READ_TIMEOUT for files HDF5 spins on
+    try:
+        for target in targets:
+            result = CliRunner().invoke(main, ["convert", str(src), *target, "-q"], catch_exceptions=False)
+            if result.exit_code:
+                assert result.exit_code == 1 and len(result.stderr.splitlines()) == 1, result.stderr
+                return result.stderr.strip().replace(str(folder), "{dir}")
+        return ""
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def fill() -> None:
@@ -122,5 +133,7 @@ def fill() -> None:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["add"]:
         add([Path(p) for p in sys.argv[2:]])
+    elif sys.argv[1:2] == ["add-hang"]:  # files HDF5 spins on: checked with a 2 s guard
+        add([Path(p) for p in sys.argv[2:]], env={"SURGERY_READ_TIMEOUT": "2"})
     elif sys.argv[1:2] == ["fill"]:
         fill()

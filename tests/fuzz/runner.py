@@ -195,6 +195,8 @@ def fuzz(names: list[str], *, seconds: float | None = None, cases: int | None = 
                     result.outcomes[kind] += 1
                     if kind == "clean":
                         result.messages[_message_kind(detail)] += 1
+                        if repro_dir is not None and "did not finish" in detail:  # stopped by surgery's own guard: keep it
+                            save_reproducer(case, "guarded", detail, repro_dir / "guarded")
                     elif kind != "success":
                         result.failures.append((case, kind, detail))
                         if repro_dir is not None:
