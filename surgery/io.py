@@ -50,7 +50,7 @@ def _check_names(tree: Tree, path: Path) -> None:
         try:
             text.encode("utf-8")
         except (UnicodeEncodeError, AttributeError):
-            bad = next((k for k, ch in enumerate(text) if 0xD800 <= ord(ch) <= 0xDFFF), 0)
+            bad = next((k for k, ch in enumerate(text) if 0xD800 <= ord(ch) <= 0xDFFF), 0) if isinstance(text, str) else 0
             raise CorruptFileError(
                 f"the file holds the name {ascii(text[max(0, bad - 20) : bad + 20])}, which is not valid UTF-8",
                 str(path),
