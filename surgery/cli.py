@@ -136,6 +136,8 @@ for _command in (inspect, convert, subsample, upsample, verify, rename, transpla
     main.add_command(_command)
 from .commands.export import export_onnx  # noqa: E402
 main.add_command(export_onnx)
+from .commands.clean import clean  # noqa: E402
+main.add_command(clean)
 
 
 if __name__ == "__main__":

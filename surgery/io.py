@@ -9,7 +9,7 @@ from typing import Callable
 from . import formats
 from . import hf
 from .atomic import atomic_output, check_destination, refuse_stdout
-from .errors import FormatError, OutputError, SurgeryError
+from .errors import CorruptFileError, FormatError, OutputError, SurgeryError
 from .graph import GRAPH
 from .tree import Tree
 
@@ -35,15 +35,47 @@ def load(path: str | Path, format: str | None = None, *, key: str | None = None)
     """
     path = Path(path)
     if format is None and hf.is_model_folder(path):  # config.json + weights: the config travels with the tree
-        return hf.load(path, key=key)
+        tree = hf.load(path, key=key)
+        tree.inputs = _input_paths(path)
+        return tree
     try:
         name = format or formats.detect(path)
         options = _key_option(name, key, path)
-        return formats.module(name).load(path, **options)
+        tree = formats.module(name).load(path, **options)
     except SurgeryError:
         raise
     except OSError as e:
         raise SurgeryError(f"cannot read the file ({e.strerror or e})", str(path), "check the path and permissions") from e
+    _check_names(tree, path)
+    tree.inputs = _input_paths(path)
+    return tree
+
+
+def _check_names(tree: Tree, path: Path) -> None:
+    """Refuse, at read time, names no writer could store (lone surrogates from a bad file)."""
+    texts = [*tree, *tree.metadata, *tree.metadata.values(), *(v for v in tree.format_state.values() if isinstance(v, str))]
+    for text in texts:
+        try:
+            text.encode("utf-8")
+        except (UnicodeEncodeError, AttributeError):
+            bad = next((k for k, ch in enumerate(text) if 0xD800 <= ord(ch) <= 0xDFFF), 0) if isinstance(text, str) else 0
+            raise CorruptFileError(
+                f"the file holds the name {ascii(text[max(0, bad - 20) : bad + 20])}, which is not valid UTF-8",
+                str(path),
+                "the file is corrupt; re-export it",
+            ) from None
+
+
+def _input_paths(path: Path) -> tuple[Path, ...]:
+    """What a load came from, even when no tensor is read from it: the path, a folder's
+    files (index, shards), and the folder that holds an index."""
+    found = [path]
+    if path.is_dir():
+        found += [p for p in sorted(path.iterdir()) if p.is_file()]
+    elif path.suffix.lower() == ".json":
+        found.append(path.parent)
+        found += [p for p in sorted(path.parent.glob("*.safetensors")) if p.is_file()]
+    return tuple(found)
 
 
 def _key_option(name: str, key: str | None, path: Path) -> dict[str, str]:
@@ -93,7 +125,7 @@ def save(
             else:
                 formats.module(name).save(tree, tmp, progress=progress, **options)
     except OSError as e:  # named by the destination the user gave, never by our temporary file
-        detail = e.strerror or re.sub(re.escape(f".{path.name}.tmp-") + "[0-9a-f]+", path.name, str(e))
+        detail = e.strerror or re.sub(re.escape(f".{path.name}.tmp-") + "[0-9]+-[0-9a-f]+", path.name, str(e))
         raise OutputError(f"cannot write the output ({detail})", str(path), "check free space and permissions") from e
     return name
 
@@ -121,14 +153,14 @@ def check_output(
             str(path),
             f"name a folder, e.g. -o {path.with_suffix('')}",
         )
-    check_destination(path, _input_paths(tree), force=force)
+    check_destination(path, _tree_inputs(tree), force=force)
     check_writable = getattr(formats.module(name), "check_writable", None)
     if check_writable is not None:  # what the format cannot hold is refused before anything is written
         check_writable(tree)
     return name
 
 
-def _input_paths(tree: Tree) -> set[Path]:
+def _tree_inputs(tree: Tree) -> set[Path]:
     """Every file the tree reads, and the file its graph came from (a model whose weights are all external)."""
     graph_paths = getattr(tree.format_state.get(GRAPH), "source_paths", None)
     return tree.source_paths() | set(graph_paths() if callable(graph_paths) else ())

@@ -358,6 +358,8 @@ class Tree(Mapping[str, Entry]):
             HDF5 group attributes); private to that format, not shown as metadata, and
             dropped when the tree is written in another format. One key is shared by every
             format: DROPPED_ON_READ, what the reader left out of the tree, for reports.
+        inputs: the files and folders the tree was read from (set by `surgery.io.load`), kept
+            even when it holds no tensors, so that no write can replace its own input.
 
     Example:
         >>> import numpy as np
@@ -374,6 +376,7 @@ class Tree(Mapping[str, Entry]):
         convention: Convention = UNKNOWN,
         metadata: Mapping[str, str] | None = None,
         format_state: Mapping[str, object] | None = None,
+        inputs: Iterable[Path] = (),
     ) -> None:
         self._entries: dict[str, Entry] = {}
         for entry in entries:
@@ -386,6 +389,7 @@ class Tree(Mapping[str, Entry]):
         self.convention = convention
         self.metadata: dict[str, str] = dict(metadata or {})
         self.format_state: dict[str, object] = dict(format_state or {})
+        self.inputs: tuple[Path, ...] = tuple(Path(p) for p in inputs)
 
     def __getitem__(self, name: str) -> Entry:
         return self._entries[name]
@@ -407,8 +411,8 @@ class Tree(Mapping[str, Entry]):
         return list(self._entries.values())
 
     def source_paths(self) -> set[Path]:
-        """Every file this tree's data is read from."""
-        return {p for e in self._entries.values() for p in e.source.paths()}
+        """Every file this tree's data is read from, and every file or folder it was loaded from."""
+        return {*self.inputs, *(p for e in self._entries.values() for p in e.source.paths())}
 
     def derive(
         self,
@@ -439,6 +443,7 @@ class Tree(Mapping[str, Entry]):
             convention=self.convention if convention is None else convention,
             metadata=self.metadata if metadata is None else metadata,
             format_state=self.format_state if format_state is None else format_state,
+            inputs=self.inputs,
         )
 
 

@@ -25,6 +25,7 @@ h5py is imported only when a Keras file is read or written.
 from __future__ import annotations
 
 import io
+import errno
 import json
 import os
 import re
@@ -37,8 +38,10 @@ import numpy as np
 
 from .. import dtypes
 from ..errors import CorruptFileError, FormatError, OutputError
+from ..guard import run_guarded
 from ..naming import layer_of
 from ..tree import DROPPED_ON_READ, KERAS, TORCH, Entry, Source, Tree, in_requested_order
+from ._errors import H5_ERRORS, corrupt_error, corrupt_on, is_disk_full
 
 NAME = "keras_h5"
 SUFFIXES = (".h5", ".hdf5")  # Keras 3 names its files .weights.h5
@@ -56,6 +59,10 @@ SKELETON = "keras.skeleton"  # Keras 3: JSON list of [group path, {attribute: st
 _DEFAULT_KERAS_VERSION = "2.15.0"
 _ATTR_LIMIT = 64000  # HDF5 object headers hold at most 64 KiB of attributes; Keras splits longer lists
 _DATASET_OPTIONS = ("compression", "compression_opts", "shuffle", "fletcher32", "scaleoffset")
+# What a string attribute may claim before it is read: Keras' largest (model_config) are a
+# few MB. A claim past this, or past the file's size, is corruption that HDF5 could spin on.
+_ATTR_MAX_BYTES = 64 << 20
+_MAX_DEPTH = 64  # Keras 3 nests layers a few levels deep; links can make a cycle
 
 Progress = Callable[[int], None]
 
@@ -172,6 +179,8 @@ class H5Dataset(Source):
                 array = f[self.dataset][()]
         except (OSError, KeyError) as e:
             raise CorruptFileError(f"cannot read dataset {self.dataset!r} ({e})", str(self.path), _FIX) from e
+        except H5_ERRORS as e:  # whatever else HDF5 says about a broken dataset
+            raise corrupt_error(e, str(self.path), f"dataset {self.dataset!r}", _FIX) from e
         array = np.asarray(array)
         return array.astype(array.dtype.newbyteorder("="), copy=False)
 
@@ -196,14 +205,21 @@ class H5Dataset(Source):
 
 def load(path: Path, *, place: Place | None = None) -> Tree:
     """The tree of a Keras HDF5 file; with `place`, the HDF5 file is a member of `path` (a zip's)."""
-    _h5py()
     path = Path(path)
+    # HDF5 can spin on a hostile file while holding the GIL: the metadata is read in a
+    # watched child process (surgery.guard), which Ctrl-C and a time limit can stop.
+    entries, metadata, state = run_guarded(_read_metadata, path, place, where=str(path), what="reading the HDF5 metadata", fix=_FIX)
+    return Tree(entries, format=NAME, convention=KERAS, metadata=metadata, format_state=state)
+
+
+def _read_metadata(path: Path, place: Place | None = None) -> tuple[list[Entry], dict[str, str], dict[str, str]]:
+    _h5py()
     try:
         opened = _Opened(path, place)
     except OSError as e:
         raise CorruptFileError(f"cannot open the HDF5 file ({e})", str(path), _FIX) from e
-    with opened as f:
-        metadata = {k: v for k, v in ((k, _attr_string(f.attrs, k)) for k in f.attrs) if v is not None}
+    with opened as f, corrupt_on(H5_ERRORS, str(path), "the HDF5 file", _FIX):
+        metadata = {k: v for k, v in ((k, _attr_string(f.attrs, k)) for k in _attr_names(f)) if v is not None}
         state: dict[str, str] = {}
         if "model_weights" in f:
             entries = _read_keras2(path, f["model_weights"], state)
@@ -223,7 +239,7 @@ def load(path: Path, *, place: Place | None = None) -> Tree:
                 str(path),
                 "surgery reads files written by Keras save_weights or model.save",
             )
-    return Tree(entries, format=NAME, convention=KERAS, metadata=metadata, format_state=state)
+    return entries, metadata, state
 
 
 def _read_keras2(path: Path, root: Any, state: dict[str, str]) -> list[Entry]:
@@ -234,12 +250,14 @@ def _read_keras2(path: Path, root: Any, state: dict[str, str]) -> list[Entry]:
         if layer not in root:
             raise CorruptFileError(f"layer {layer!r} is listed in layer_names but has no group", str(path), _FIX)
         group = root[layer]
+        if not isinstance(group, _h5py().Group):
+            raise CorruptFileError(f"layer {layer!r} is listed in layer_names but is not a group", str(path), _FIX)
         weight_names = _attr_list(group, "weight_names")
         if not weight_names:
             weightless.append(layer)
         short = _short_names(layer, weight_names)
         for weight_name, tensor in zip(weight_names, short):
-            if weight_name not in group:
+            if weight_name not in group or not isinstance(group[weight_name], _h5py().Dataset):
                 raise CorruptFileError(
                     f"weight {weight_name!r} of layer {layer!r} is listed but missing", str(path), _FIX
                 )
@@ -265,22 +283,26 @@ def _read_keras3(path: Path, f: Any, state: dict[str, str], place: Place | None 
     skeleton: list[list[Any]] = []
     dropped = 0
 
-    def walk(group: Any, prefix: str) -> None:
+    def walk(group: Any, prefix: str, depth: int) -> None:
         nonlocal dropped
-        skeleton.append([group.name, {k: v for k, v in ((k, _attr_string(group.attrs, k)) for k in group.attrs) if v is not None}])
-        for key in _ordered_keys(group):
-            child = group[key]
+        if depth > _MAX_DEPTH:
+            raise CorruptFileError(f"groups nest deeper than {_MAX_DEPTH} levels at {_escaped(group.name)} (a link cycle?)", str(path), _FIX)
+        skeleton.append([group.name, {k: v for k, v in ((k, _attr_string(group.attrs, k)) for k in _attr_names(group)) if v is not None}])
+        for key in _ordered_keys(group, path):
+            child = _hard_child(group, key, path)
             if group.name == "/" and key == "optimizer":
                 dropped += _count_datasets(child)
                 continue
             if isinstance(child, _h5py().Dataset):
                 entries.append(_entry(path, child, prefix + key, {"keras.h5_path": child.name}, place))
+            elif not isinstance(child, _h5py().Group):
+                raise CorruptFileError(f"{_escaped(child.name)} is a stored datatype, not a group or dataset", str(path), _FIX)
             elif key == "vars" or key == "layers":
-                walk(child, prefix)
+                walk(child, prefix, depth + 1)
             else:
-                walk(child, prefix + _display_name(child, key) + "/")
+                walk(child, prefix + _display_name(child, key) + "/", depth + 1)
 
-    walk(f, "")
+    walk(f, "", 0)
     state[SKELETON] = json.dumps(skeleton, ensure_ascii=False)
     if dropped:
         state[DROPPED_ON_READ] = f"optimizer ({dropped} tensors): its state no longer matches after surgery"
@@ -289,28 +311,65 @@ def _read_keras3(path: Path, f: Any, state: dict[str, str], place: Place | None 
 
 def _display_name(group: Any, key: str) -> str:
     """A Keras 3 layer group is keyed by class (`conv2d_1`); its vars carry the layer's own name."""
-    if "vars" in group:
+    if "vars" in group and isinstance(group["vars"], _h5py().Group):
         name = _attr_string(group["vars"].attrs, "name")
         if name:
             return name
     return key
 
 
-def _ordered_keys(group: Any) -> list[str]:
+def _ordered_keys(group: Any, path: Path) -> list[str]:
     # Keras 3 numbers variables 0, 1, ..., 10 and layers conv2d, conv2d_1, ..., conv2d_10 in
     # creation order: sort digit runs as numbers so that order survives.
-    return sorted(group.keys(), key=lambda k: [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", k)])
+    keys = [_name(k, f"a link in {_escaped(group.name)}", path) for k in group.keys()]
+    return sorted(keys, key=lambda k: [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", k)])
+
+
+def _hard_child(group: Any, key: str, path: Path) -> Any:
+    """The object a link names; soft and external links are refused (they can loop, or point outside the file)."""
+    link = group.get(key, getlink=True)
+    if not isinstance(link, _h5py().HardLink):
+        raise CorruptFileError(
+            f"{_escaped(group.name.rstrip('/') + '/' + key)} is a {type(link).__name__}; Keras files hold only plain groups and datasets",
+            str(path),
+            _FIX,
+        )
+    return group[key]
+
+
+def _name(value: Any, what: str, path: Path) -> str:
+    """A name read from the file, refused (shown escaped) unless every writer can store it."""
+    if isinstance(value, bytes):
+        raise CorruptFileError(f"{what} is named {_escaped(value)}, which is not valid UTF-8", str(path), _FIX)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise CorruptFileError(f"{what} is named {_escaped(value)}, which is not valid UTF-8", str(path), _FIX) from None
+    return value
+
+
+def _escaped(value: Any) -> str:
+    """A name as printable ASCII, whatever bytes or lone surrogates it holds."""
+    return ascii(value) if isinstance(value, str) else repr(value)
 
 
 def _entry(path: Path, dataset: Any, name: str, attrs: dict[str, object], place: Place | None = None) -> Entry:
+    name = _name(name, "a tensor", path)
     try:
-        dtype = dtypes.from_numpy(dataset.dtype.newbyteorder("="))
+        stored = dataset.dtype  # read once: a broken datatype message raises on every read
+    except H5_ERRORS as e:
+        raise corrupt_error(e, str(path), f"the datatype of dataset {_escaped(dataset.name)}", _FIX) from e
+    try:
+        dtype = dtypes.from_numpy(stored.newbyteorder("="))
     except Exception as e:
         raise FormatError(
-            f"dataset {dataset.name!r} has dtype {dataset.dtype}, which is not a tensor type", str(path), _FIX
+            f"dataset {_escaped(dataset.name)} has dtype {stored}, which is not a tensor type", str(path), _FIX
         ) from e
-    options = {k: getattr(dataset, k) for k in _DATASET_OPTIONS if getattr(dataset, k, None) not in (None, False)}
-    options["chunked"] = dataset.chunks is not None
+    try:
+        options = {k: getattr(dataset, k) for k in _DATASET_OPTIONS if getattr(dataset, k, None) not in (None, False)}
+        options["chunked"] = dataset.chunks is not None
+    except H5_ERRORS as e:  # the filter pipeline message is broken
+        raise corrupt_error(e, str(path), f"the compression settings of dataset {_escaped(dataset.name)}", _FIX) from e
     return Entry(name, dataset.shape, dtype.name, H5Dataset(path, dataset.name, place), {**attrs, "h5": options})
 
 
@@ -333,27 +392,86 @@ def _attr_list(group: Any, name: str) -> list[str]:
     """A list-of-strings attribute, as Keras writes it: bytes or str, fixed or variable
     length, and split into name0, name1, ... when it would not fit one object header."""
     if name in group.attrs:
-        values = [group.attrs[name]]
+        values = [_read_attr(group.attrs, name)]
     else:
         values, k = [], 0
         while f"{name}{k}" in group.attrs:
-            values.append(group.attrs[f"{name}{k}"])
+            values.append(_read_attr(group.attrs, f"{name}{k}"))
             k += 1
     out: list[str] = []
+    where = group.file.filename
     for value in values:
-        array = np.atleast_1d(np.asarray(value))
+        array = np.atleast_1d(np.asarray(value if value is not _NOT_TEXT else 0))
         if array.size and array.dtype.kind not in "SUO":
-            raise CorruptFileError(f"attribute {name!r} of {group.name} is not a list of names", group.file.filename, _FIX)
-        out.extend(v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in array.tolist())
+            raise CorruptFileError(f"attribute {name!r} of {group.name} is not a list of names", where, _FIX)
+        out.extend(_decoded(v, f"a name in attribute {name!r} of {_escaped(group.name)}", where) for v in array.tolist())
     return out
+
+
+def _decoded(value: Any, what: str, where: str) -> str:
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise CorruptFileError(f"{what} is {_escaped(value)}, which is not valid UTF-8", where, _FIX) from None
+    return _name(str(value), what, Path(where))
+
+
+_NOT_TEXT = object()  # what _read_attr returns for an attribute that holds no text
+
+
+def _attr_names(obj: Any) -> list[str]:
+    return [_name(k, f"an attribute of {_escaped(obj.name)}", Path(obj.file.filename)) for k in obj.attrs.keys()]
+
+
+def _read_attr(attrs: Any, name: str) -> Any:
+    """An attribute's value, read only after its dataspace and type are checked against the file.
+
+    HDF5 trusts the counts and sizes in the file; a mutated dataspace can make it allocate
+    or loop for a very long time inside one call. Only text attributes are read at all.
+    """
+    if isinstance(attrs, dict):
+        return attrs[name]
+    h5py = _h5py()
+    attr = h5py.h5a.open(attrs._id, name.encode("utf-8"))
+    space, kind = attr.get_space(), attr.get_type()
+    count = 0 if space.get_simple_extent_type() == h5py.h5s.NULL else space.get_simple_extent_npoints()
+    if count == 0:
+        return np.zeros(0, "S1")  # Keras 2.0 writes a weightless layer's weight_names as an empty float array
+    if kind.get_class() != h5py.h5t.STRING:
+        return _NOT_TEXT
+    variable = kind.is_variable_str()
+    claimed = count * (8 if variable else kind.get_size())  # a variable-length string costs a heap id in the file
+    file_size = h5py.h5i.get_file_id(attrs._id).get_filesize()
+    if claimed > min(file_size, _ATTR_MAX_BYTES):
+        raise CorruptFileError(
+            f"attribute {name!r} claims {count} strings ({claimed} bytes), more than the file's {file_size} bytes can hold",
+            _file_name(attrs),
+            _FIX,
+        )
+    return attrs[name]
+
+
+def _excerpt(text: str) -> str:
+    """The text around its first character that is not valid UTF-8, escaped."""
+    bad = next((k for k, ch in enumerate(text) if 0xD800 <= ord(ch) <= 0xDFFF), 0)
+    return ascii(text[max(0, bad - 20) : bad + 20])
+
+
+def _file_name(attrs: Any) -> str:
+    return "" if isinstance(attrs, dict) else _h5py().h5i.get_file_id(attrs._id).name.decode("utf-8", "replace")
 
 
 def _attr_string(attrs: Any, name: str) -> str | None:
     """A scalar string attribute as str; None for anything else (arrays, numbers)."""
-    value = attrs[name]
+    value = _read_attr(attrs, name)
     if isinstance(value, bytes):
         return value.decode("utf-8", errors="replace")
     if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # h5py hands undecodable bytes back as lone surrogates
+            raise CorruptFileError(f"attribute {name!r} holds {_excerpt(value)}, which is not valid UTF-8", _file_name(attrs), _FIX) from None
         return value
     if isinstance(value, np.ndarray) and value.shape == () and value.dtype.kind in "SUO":
         return _attr_string({name: value.item()}, name)
@@ -377,6 +495,10 @@ def save(tree: Tree, path: Path, *, progress: Progress | None = None, durable: b
             else:
                 _write_keras2(f, tree, layout, sources, progress)
             f.flush()
+    except H5_ERRORS as e:
+        if is_disk_full(e):  # HDF5 reports a full disk in its own words, from any step (object copy included)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) from e
+        raise
     finally:
         for handle in sources.values():
             handle.close()
@@ -454,6 +576,16 @@ def _state(tree: Tree) -> dict[str, str]:
 
 
 def _write_dataset(group: Any, name: str, e: Entry, sources: dict, progress: Progress | None) -> None:
+    try:
+        _copy_or_create(group, name, e, sources, progress)
+    except H5_ERRORS as err:
+        if is_disk_full(err):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) from err
+        where = str(e.source.path) if isinstance(e.source, H5Dataset) else e.name
+        raise corrupt_error(err, where, f"tensor {e.name!r} while copying it", _FIX) from err
+
+
+def _copy_or_create(group: Any, name: str, e: Entry, sources: dict, progress: Progress | None) -> None:
     source = e.source
     if isinstance(source, H5Dataset):
         opened = sources.get((source.path, source.place))

@@ -24,6 +24,8 @@ from numpy.lib import format as npy
 from .. import dtypes
 from ..errors import CorruptFileError, OutputError, UnsafeFileError
 from ..tree import CONVENTIONS, UNKNOWN, Entry, Source, Tree
+from ._errors import ZIP_ERRORS, corrupt_on
+from ._errors import describe as _describe
 from ._json import loads_strict
 
 NAME = "npz"
@@ -43,7 +45,7 @@ def sniff(path: Path, head: bytes, size: int) -> bool:
     try:
         with zipfile.ZipFile(path) as z:
             names = z.namelist()
-    except (zipfile.BadZipFile, OSError):
+    except ZIP_ERRORS:  # whatever a broken archive raises, it is not an npz we can read
         return False
     return all(n.endswith(".npy") or n == SIDE_MEMBER for n in names)
 
@@ -59,12 +61,10 @@ class _Member(Source):
         self.stored, self.fortran, self.stored_shape = stored, fortran, stored_shape
 
     def _raw(self, entry: Entry) -> bytes:
-        try:
+        with corrupt_on(ZIP_ERRORS, str(self.path), f"member {self.member!r}", _FIX):
             with zipfile.ZipFile(self.path) as z, z.open(self.member) as f:
                 _read_npy_header(f)
                 raw = f.read(entry.nbytes + 1)
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
-            raise CorruptFileError(f"cannot read member {self.member!r} ({e})", str(self.path), _FIX) from e
         if len(raw) != entry.nbytes:
             raise CorruptFileError(
                 f"member {self.member!r} holds {len(raw)} data bytes but its header needs {entry.nbytes}",
@@ -103,11 +103,12 @@ def _read_npy_header(f) -> tuple[tuple[int, ...], bool, np.dtype]:
 def load(path: Path) -> Tree:
     path = Path(path)
     where = str(path)
-    try:
-        z = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as e:
-        raise CorruptFileError(f"not a readable zip archive ({e})", where, _FIX) from e
-    with z:
+    with corrupt_on(ZIP_ERRORS, where, "the zip archive", _FIX):
+        try:
+            z = zipfile.ZipFile(path)
+        except zipfile.BadZipFile as e:
+            raise CorruptFileError(f"not a readable zip archive ({e})", where, _FIX) from e
+    with z, corrupt_on(ZIP_ERRORS, where, "the zip archive", _FIX):
         side = _side(z, where)
         entries = [_member_entry(z, info, side, path) for info in z.infolist() if info.filename != SIDE_MEMBER]
     convention = CONVENTIONS.get(side.get("convention", ""), UNKNOWN)
@@ -141,6 +142,8 @@ def _member_entry(z: zipfile.ZipFile, info: zipfile.ZipInfo, side: dict, path: P
             header_len = f.tell()
     except (ValueError, EOFError, zipfile.BadZipFile, OSError, SyntaxError) as e:
         raise CorruptFileError(f"bad .npy header ({e})", where, _FIX) from e
+    except ZIP_ERRORS as e:  # compression method, encryption, bad deflate data
+        raise CorruptFileError(f"cannot read the member ({_describe(e)})", where, _FIX) from e
     if stored.hasobject:
         raise UnsafeFileError("member holds Python objects, which load by unpickling", where, "store numeric arrays only")
     real = _real_dtype(side.get("dtypes", {}).get(name), stored, where)

@@ -37,6 +37,7 @@ import numpy as np
 from .. import dtypes
 from ..errors import CorruptFileError, FormatError, SurgeryError, UnsafeFileError
 from ..tree import CONVENTIONS, DROPPED_ON_READ, TORCH, Entry, FileRange, Source, Tree
+from ._errors import ZIP_ERRORS, corrupt_error
 
 NAME = "torch"
 SUFFIXES = (".pt", ".pth")
@@ -77,7 +78,7 @@ def sniff(path: Path, head: bytes, size: int) -> bool:
     try:
         with zipfile.ZipFile(path) as z:
             return any(n.endswith("/data.pkl") or n == "data.pkl" for n in z.namelist())
-    except (zipfile.BadZipFile, OSError):
+    except ZIP_ERRORS:  # whatever a broken archive raises, it is not a checkpoint we can read
         return False
 
 
@@ -443,6 +444,8 @@ def _read_zip(path: Path, refused: list[str]) -> tuple[Any, dict[str, FileRange]
         raise FormatError("not a torch.save checkpoint (neither a zip archive nor the legacy format)", where, _FIX) from e
     except (ValueError, struct.error, EOFError) as e:
         raise CorruptFileError(f"cannot read the checkpoint ({e})", where, _FIX) from e
+    except ZIP_ERRORS as e:  # compression method, zip version, flag bits, encryption, bad deflate data, names
+        raise corrupt_error(e, where, "the zip archive", _FIX) from e
     with open(path, "rb") as raw:
         return obj, {k: _zip_storage(path, raw, members, prefix, ref) for k, ref in storages.items()}
 

@@ -336,7 +336,7 @@ def _assemble(tree: Tree, entries: list[Entry], target, memory: dict | None) -> 
     if memory:
         metadata[MAP_KEY] = json.dumps(memory, ensure_ascii=False)
     # format "": the new layout no longer matches the file the tree was read from.
-    return Tree(entries, format="", convention=target, metadata=metadata, format_state=tree.format_state)
+    return Tree(entries, format="", convention=target, metadata=metadata, format_state=tree.format_state, inputs=tree.inputs)
 
 
 # -- Keras -> torch -----------------------------------------------------------------------
