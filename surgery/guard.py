@@ -8,8 +8,11 @@ when the time limit passes, when the child crashes (HDF5 can also segfault on a 
 file), and at once on Ctrl-C. The cost is one fork and one pickle of the result, a few
 milliseconds (see RELIABILITY.md).
 
-Where fork is missing, or other threads run (forking them is unsafe), the reader runs in
-the process itself: the checks done before each read (see keras_h5) still apply.
+Where fork is missing, the reader runs in the process itself: the checks done before each
+read (see keras_h5) still apply. Other threads (a library's monitor thread, in a program that
+imports surgery) do not stop the fork: only this thread runs in the child, and if a lock
+another thread held at the fork left the child stuck, the time limit ends it with one line.
+A read that could hang the whole process is the worse risk.
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ import os
 import pickle
 import select
 import signal
-import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -66,7 +68,7 @@ def run_guarded(read: Callable[..., T], *args: Any, where: str, what: str, fix: 
 
 
 def _can_fork() -> bool:
-    return hasattr(os, "fork") and not os.environ.get(DISABLE_ENV) and threading.active_count() == 1
+    return hasattr(os, "fork") and not os.environ.get(DISABLE_ENV)
 
 
 def _child(read: Callable, args: tuple, w: int) -> None:

@@ -38,6 +38,7 @@ from ..errors import CorruptFileError, FormatError, OutputError
 from ..keras_config import CONFIG_KEY
 from ..tree import KERAS, Entry, Tree
 from . import keras_h5
+from ._errors import ZIP_ERRORS
 
 NAME = "keras"
 SUFFIXES = (".keras",)
@@ -59,7 +60,7 @@ def sniff(path: Path, head: bytes, size: int) -> bool:
     try:
         with zipfile.ZipFile(path) as z:
             names = set(z.namelist())
-    except (zipfile.BadZipFile, OSError, ValueError):
+    except ZIP_ERRORS:  # a broken zip is not a .keras file: detection never raises
         return False
     return all(m in names for m in MEMBERS)
 
@@ -91,7 +92,7 @@ def _read_members(path: Path) -> tuple[str, dict, zipfile.ZipInfo]:
             config = z.read(CONFIG).decode("utf-8")
             metadata = json.loads(z.read(METADATA).decode("utf-8"))
             json.loads(config)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, UnicodeDecodeError, KeyError) as e:
+    except (*ZIP_ERRORS, zipfile.LargeZipFile, KeyError) as e:
         raise CorruptFileError(f"cannot read the .keras zip ({type(e).__name__}: {e})", str(path), _FIX) from e
     if not isinstance(metadata, dict):
         raise CorruptFileError(f"{METADATA} is not a JSON object", str(path), _FIX)

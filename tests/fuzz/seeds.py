@@ -48,9 +48,11 @@ def _sharded(folder: Path) -> Path:
 
 
 def _npz(folder: Path) -> Path:
-    from surgery.formats import npz_io
+    # The bundled tiny.npz layout: raw bits for the dtypes numpy lacks and the older side
+    # member, which the reader still takes (npz_io no longer writes either, so it cannot seed).
+    import gen_tensors
 
-    npz_io.save(_tiny_tree(), folder / "seed.npz")
+    gen_tensors._npz_with_side_member(_tiny_tree(), folder / "seed.npz")
     return folder / "seed.npz"
 
 
