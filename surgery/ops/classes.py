@@ -9,7 +9,8 @@ shape, and builds a new tree whose head tensors are computed lazily.
 
 Planning (`plan_classes`) and applying (`apply_plan`) are separate so that a dry
 run shows exactly what a real run does, and `verify` can replay a plan.
-Framework-free: numpy only.
+Finding the head layers and what their channels hold is `class_heads`'s; `verify` lives in
+`class_verify`. Framework-free: numpy only.
 """
 
 from __future__ import annotations
@@ -26,15 +27,25 @@ import numpy as np
 from .. import dtypes
 from ..errors import OperationError
 from ..graph import graph_of
-from ..heads import CLASS_HEADS, HeadPattern, unwrapped
 from ..keras_config import follow_class_plan
 from ..labels import follow as follow_labels
 from ..labels import prepare as prepare_names
 from ..labels import record as record_labels
-from ..naming import layer_of, layers, matches
 from ..provenance import record
 from ..report import Report
 from ..tree import Entry, Tree
+from .class_heads import (
+    _anchor_reason,
+    _anchors_for,
+    _axis_of,
+    _choose_layers,
+    _classes_in,
+    _Layer,
+    _new_shape,
+    _source_class_count,
+    _what_fits,
+)
+from .class_verify import verify
 from .optimizer_state import follow_classes
 
 __all__ = [
@@ -53,9 +64,6 @@ __all__ = [
 LAYOUTS = ("anchor-major", "anchor-major-fields", "class-major", "plain")
 INITS = ("gaussian", "zeros", "xavier", "mean", "copy:<class>")
 GAUSSIAN_STD = 0.005  # the SSD weight-sampling tutorial's default for new classes
-DEFAULT_FIELDS = 5  # YOLO: x, y, w, h, objectness before the classes of each anchor
-DEFAULT_GROUP = 4  # Faster R-CNN box regression: 4 numbers per class
-LOC_CHANNELS_PER_ANCHOR = 4  # SSD *_mbox_loc: one box (4 numbers) per anchor
 
 # One output channel: an int is the source channel it copies; a tuple marks a new
 # class and holds the source channels of every class in its anchor group (so that
@@ -186,42 +194,7 @@ def channel_map(
     return out
 
 
-def _classes_in(layout: str, channels: int, anchors: int, fields: int, group: int) -> int | None:
-    """How many classes `channels` hold with this many anchors, or None if it does not divide."""
-    if layout == "plain":
-        return channels
-    if layout == "class-major":
-        return channels // group if channels % group == 0 else None
-    if anchors <= 0 or channels % anchors:
-        return None
-    per_anchor = channels // anchors - fields
-    return per_anchor if per_anchor > 0 else None
-
-
-def _anchors_for(layout: str, channels: int, K: int, fields: int, group: int) -> int | None:
-    if layout == "plain":
-        return 1 if channels == K else None
-    if layout == "class-major":
-        return 1 if channels == K * group else None
-    stride = K + fields
-    return channels // stride if channels % stride == 0 and channels else None
-
-
 # -- planning -----------------------------------------------------------------------
-
-
-@dataclass
-class _Layer:
-    name: str
-    row: HeadPattern | None
-    why: str
-    layout: str = "plain"
-    fields: int = 0
-    group: int = 1
-    channels: int = 0
-    axis: int = -1
-    tensors: tuple[str, ...] = ()
-    members: tuple[str, ...] = ()  # a graph node's weights, when their names hold no layer (onnx::MatMul_14)
 
 
 def plan_classes(
@@ -304,205 +277,6 @@ def plan_classes(
         cmap = channel_map(c.layout, K, n_anchors, picked, fields=c.fields, group=c.group)
         plans.append(LayerPlan(c.name, c.layout, c.channels, n_anchors, c.fields, c.group, c.tensors, c.axis, tuple(cmap), f"{c.why}; {how}", c.row.background if c.row else "none"))
     return ClassPlan(K, tuple(picked), tuple(plans), tuple(notes))
-
-
-def _choose_layers(
-    tree: Tree, globs: list[str], layout: str | None, axis: int | None, fields: int | None = None, group: int | None = None
-) -> list[_Layer]:
-    all_layers = layers(tree)
-    chosen: list[_Layer] = []
-    if globs:
-        graph = graph_of(tree)  # in a graph, a glob may also name the nodes that read a layer's weights
-        by_node = graph.layers_of_nodes(globs) if graph is not None else {}
-        for g in globs:
-            if not any(matches(name, [g]) for name in all_layers) and not by_node.get(g):
-                raise OperationError(
-                    f"--layers {g} matches no layer",
-                    "--layers",
-                    "list the layers with `surgery inspect`; globs are case-sensitive and '*' crosses '/' and '.'",
-                )
-        for name in all_layers:
-            hit = next((g for g in globs if matches(name, [g]) or name in by_node.get(g, {})), None)
-            if hit is not None:
-                row = next((r for r in CLASS_HEADS if matches(name, r.layers)), None)
-                chosen.append(_Layer(name, row, f"chosen by --layers {hit}"))
-        for g in globs:  # nodes whose weights have anonymous names are layers of their own
-            for node, weights in by_node.get(g, {}).items():
-                if node not in all_layers and all(c.name != node for c in chosen):
-                    chosen.append(_Layer(node, None, f"chosen by --layers {g} (the node's weights {', '.join(weights)})", members=tuple(weights)))
-    else:
-        for family in dict.fromkeys(r.family for r in CLASS_HEADS):
-            rows = [r for r in CLASS_HEADS if r.family == family]
-            for name in all_layers:
-                row = next((r for r in rows if matches(unwrapped(name), r.layers)), None)
-                if row is not None:
-                    glob = next(g for g in row.layers if matches(unwrapped(name), [g]))
-                    chosen.append(_Layer(name, row, f"{family} head ({row.role}: {glob})"))
-            if chosen:
-                break
-        if not chosen:
-            chosen = _score_layer_from_graph(tree)
-        if not chosen:
-            raise OperationError(
-                "no classifier layer found",
-                f"{len(all_layers)} layers",
-                "name the layers with --layers GLOB (see `surgery inspect`)",
-            )
-    for c in chosen:
-        _describe(tree, c, layout, axis, fields, group)
-    return chosen
-
-
-def _score_layer_from_graph(tree: Tree) -> list[_Layer]:
-    """The layer strip-head finds from a Keras model graph (the one making the class scores)."""
-    from .strip import score_layer
-
-    found = score_layer(tree)
-    return [_Layer(found[0], None, found[1])] if found else []
-
-
-def _describe(tree: Tree, c: _Layer, layout: str | None, axis: int | None, fields: int | None, group: int | None) -> None:
-    """Fill in a layer's layout, class axis, channel count and the tensors that move."""
-    c.layout = layout or (c.row.layout if c.row else "plain")
-    if c.layout == "anchor-major-fields":
-        c.fields = fields if fields is not None else (c.row.fields if c.row and c.row.fields else DEFAULT_FIELDS)
-    if c.layout == "class-major":
-        c.group = group if group is not None else (c.row.group if c.row and c.row.group > 1 else DEFAULT_GROUP)
-    given_axis = axis
-    if axis is None:
-        from ..conventions import convention_of
-
-        inferred = convention_of(tree)
-        axis = inferred.convention.out_axis
-        if axis is None:
-            raise OperationError(
-                f"the checkpoint does not say which axis of a weight is its output axis, and {inferred.why}",
-                c.name,
-                "pass --axis -1 for Keras layout or --axis 0 for PyTorch layout",
-            )
-    c.axis = axis
-    members, main = _layer_tensors(tree, c.name, c.members)
-    if main is None:
-        raise OperationError(f"layer {c.name} has no tensors with a class axis", c.name, "choose another layer with --layers")
-    graph = graph_of(tree)
-    if graph is not None and given_axis is None:  # in a graph, the node reading the kernel says (Gemm transB, MatMul)
-        found = graph.class_axis(main.name)
-        c.axis = axis = axis if found is None else found
-    try:
-        c.channels = main.shape[_axis_of(main, axis)]
-    except IndexError:
-        raise OperationError(f"--axis {axis} does not exist in {main.name} {list(main.shape)}", c.name, "pick an axis the kernel has") from None
-    c.tensors = tuple(e.name for e in members if e.shape[_axis_of(e, axis)] == c.channels)
-
-
-def _layer_tensors(tree: Tree, layer: str, named: tuple[str, ...] = ()) -> tuple[list[Entry], Entry | None]:
-    """A layer's tensors that have axes (or the `named` ones), and its kernel (the one of highest rank)."""
-    members = [tree[n] for n in named if tree[n].shape] if named else [e for e in tree.values() if layer_of(e.name) == layer and e.shape]
-    return members, max(members, key=lambda e: len(e.shape), default=None)
-
-
-def _axis_of(e: Entry, axis: int) -> int:
-    """The class axis of one tensor: `axis` for kernels, the only axis for biases."""
-    rank = len(e.shape)
-    if rank == 1:
-        return 0
-    if not -rank <= axis < rank:
-        raise IndexError(axis)
-    return axis % rank
-
-
-def _source_class_count(
-    tree: Tree, chosen: list[_Layer], given: int | None, anchors: int | None, per_layer: Mapping[str, int]
-) -> tuple[int, str]:
-    if given is not None:
-        if given <= 0:
-            raise OperationError(f"--source-classes {given} must be positive", "--source-classes", "give the class count the model was trained with")
-        return given, "--source-classes"
-    candidates: list[tuple[int, str]] = []  # (K, where it came from)
-    for c in chosen:
-        if c.name in per_layer:
-            k = _classes_in(c.layout, c.channels, per_layer[c.name], c.fields, c.group)
-            if k is None:
-                raise OperationError(
-                    f"--anchors {c.name}={per_layer[c.name]} does not divide its {c.channels} channels",
-                    c.name,
-                    _what_fits(c),
-                )
-            candidates.append((k, f"{c.name} ({c.channels} channels, --anchors {c.name}={per_layer[c.name]})"))
-        elif c.layout in ("plain", "class-major"):
-            k = _classes_in(c.layout, c.channels, 1, c.fields, c.group)
-            if k is not None:
-                candidates.append((k, f"{c.name} ({c.channels} channels, {c.layout})"))
-        else:
-            loc = _paired_loc_anchors(tree, c)
-            if anchors is not None:
-                k = _classes_in(c.layout, c.channels, anchors, c.fields, c.group)
-                if k is not None:
-                    candidates.append((k, f"{c.name} ({c.channels} channels, --anchors {anchors})"))
-            elif loc is not None:
-                k = _classes_in(c.layout, c.channels, loc[0], c.fields, c.group)
-                if k is not None:
-                    candidates.append((k, f"{c.name} ({c.channels} channels, {loc[0]} anchors from {loc[1]})"))
-    if not candidates and anchors is not None:
-        c = chosen[0]
-        raise OperationError(
-            f"--anchors {anchors} does not divide the channels of any class layer; {c.name} has {c.channels}",
-            "--anchors",
-            _what_fits(c),
-        )
-    if not candidates:
-        c = chosen[0]
-        raise OperationError(
-            f"cannot tell how many classes the {c.channels} channels of {c.name} hold",
-            c.name,
-            "pass --anchors A (boxes per location) or --source-classes K",
-        )
-    found = {k for k, _ in candidates}
-    if len(found) > 1:
-        first = candidates[0]
-        other = next(x for x in candidates if x[0] != first[0])
-        raise OperationError(
-            f"layers disagree on the number of classes: {first[1]} gives {first[0]} but {other[1]} gives {other[0]}",
-            other[1].split(" ")[0],
-            "pass --source-classes K, or --anchors LAYER=A for the layer that differs",
-        )
-    return candidates[0][0], candidates[0][1]
-
-
-def _paired_loc_anchors(tree: Tree, c: _Layer) -> tuple[int, str] | None:
-    """SSD: the box layer beside a conf layer has 4 channels per anchor."""
-    if not (c.row and c.row.loc_suffix):
-        return None
-    conf, loc = c.row.loc_suffix
-    if not c.name.endswith(conf):
-        return None
-    partner = c.name[: -len(conf)] + loc
-    _, main = _layer_tensors(tree, partner)
-    if main is None:
-        return None
-    n = main.shape[_axis_of(main, c.axis)]
-    if n % LOC_CHANNELS_PER_ANCHOR:
-        return None
-    return n // LOC_CHANNELS_PER_ANCHOR, partner
-
-
-def _anchor_reason(c: _Layer, n_anchors: int, K: int, anchors: int | None, per_layer: Mapping[str, int], k_why: str) -> str:
-    shape = f"{c.channels} channels = {n_anchors} anchors × {K + c.fields}" if c.layout.startswith("anchor") else f"{c.channels} channels"
-    if c.name in per_layer:
-        return f"{shape} (--anchors {c.name}={n_anchors})"
-    if anchors is not None and n_anchors != anchors and c.layout.startswith("anchor"):
-        return f"{shape}; resolved to {n_anchors} anchors because --anchors {anchors} does not fit {c.channels} channels of {K} classes"
-    return f"{shape} (classes from {k_why})"
-
-
-def _what_fits(c: _Layer) -> str:
-    if c.layout == "plain":
-        return f"pass --source-classes {c.channels}, or --class-layout if this layer is not a plain classifier"
-    if c.layout == "class-major":
-        return f"its channel count must be {c.group} × classes; check --class-layout and --source-classes"
-    options = [a for a in range(1, min(c.channels, 64) + 1) if _classes_in(c.layout, c.channels, a, c.fields, c.group)]
-    pairs = ", ".join(f"{a} anchors × {_classes_in(c.layout, c.channels, a, c.fields, c.group)} classes" for a in options[:8])
-    return f"values that fit {c.channels} channels: {pairs}; pass --anchors {c.name}=A or --source-classes K"
 
 
 def _pick_classes(
@@ -605,12 +379,6 @@ def _parse_init(init: str, plan: ClassPlan) -> int | None:
     return None
 
 
-def _new_shape(e: Entry, lp: LayerPlan) -> tuple[int, ...]:
-    shape = list(e.shape)
-    shape[_axis_of(e, lp.axis)] = lp.new_channels
-    return tuple(shape)
-
-
 def _computer(e: Entry, lp: LayerPlan, init: str, copy_of: int | None, seed: int):
     def compute() -> np.ndarray:
         ax = _axis_of(e, lp.axis)
@@ -659,58 +427,3 @@ def _in_channels(e: Entry, axis: int) -> int:
     if len(e.shape) < 2:
         return 1
     return e.shape[-2] if axis % len(e.shape) == len(e.shape) - 1 else e.shape[1]
-
-
-# -- verification -------------------------------------------------------------------
-
-
-def verify(original: Tree, edited: Tree, plan: ClassPlan, *, samples: int = 4, seed: int = 0) -> list[dict[str, object]]:
-    """Prove each edited head computes the original's outputs at the kept classes.
-
-    Each kernel is used as a linear map over its class axis (a conv kernel applied to
-    one receptive field), on random inputs. Each output column is computed from that
-    column alone, in the same order, so kept classes must match exactly.
-    Returns one row per layer: compared channels, new channels, largest |difference|.
-    """
-    rows = []
-    rng = np.random.default_rng(seed)
-    for lp in plan.layers:
-        kernel = max(lp.tensors, key=lambda n: len(original[n].shape))
-        for name in lp.tensors:
-            if name not in edited:
-                raise OperationError(f"the edited file has no tensor {name!r}", "EDITED", "pass the file that subsample wrote")
-            want = _new_shape(original[name], lp)
-            if edited[name].shape != want:
-                raise OperationError(
-                    f"{name} is {list(edited[name].shape)} in the edited file but the plan makes it {list(want)}",
-                    "EDITED",
-                    "pass the same --classes, --anchors and --layers as the edit",
-                )
-        before = _as_matrix(original[kernel], lp)
-        after = _as_matrix(edited[kernel], lp)
-        x = rng.standard_normal((samples, before.shape[0]))
-        bias = [n for n in lp.tensors if n != kernel and len(original[n].shape) == 1]
-        b0 = original[bias[0]].read().astype(np.float64) if bias else 0.0
-        b1 = edited[bias[0]].read().astype(np.float64) if bias else 0.0
-        kept = [(j, c) for j, c in enumerate(lp.channel_map) if isinstance(c, int)]
-        worst = 0.0
-        for start in range(0, len(kept), 256):
-            block = kept[start : start + 256]
-            cols_new = [j for j, _ in block]
-            cols_old = [c for _, c in block]
-            y0 = _columns(x, before, cols_old) + (b0[cols_old] if bias else 0.0)
-            y1 = _columns(x, after, cols_new) + (b1[cols_new] if bias else 0.0)
-            worst = max(worst, float(np.abs(y1 - y0).max(initial=0.0)))
-        rows.append({"layer": lp.layer, "compared": len(kept), "channels": lp.new_channels, "max_abs_diff": worst})
-    return rows
-
-
-def _as_matrix(e: Entry, lp: LayerPlan) -> np.ndarray:
-    array = e.read()
-    return np.moveaxis(array, _axis_of(e, lp.axis), -1).reshape(-1, array.shape[_axis_of(e, lp.axis)])
-
-
-def _columns(x: np.ndarray, w: np.ndarray, cols: list[int]) -> np.ndarray:
-    # Elementwise products summed along one axis: each column's result depends on that
-    # column's numbers only, unlike BLAS, whose blocking may change with the matrix width.
-    return (x[:, :, None] * w[:, cols].astype(np.float64)[None, :, :]).sum(axis=1)
