@@ -209,6 +209,10 @@ def load(path: Path, *, place: Place | None = None) -> Tree:
     # HDF5 can spin on a hostile file while holding the GIL: the metadata is read in a
     # watched child process (surgery.guard), which Ctrl-C and a time limit can stop.
     entries, metadata, state = run_guarded(_read_metadata, path, place, where=str(path), what="reading the HDF5 metadata", fix=_FIX)
+    if place is not None:  # the entries came back from the child with copies: share the one place, whose life keeps a temporary copy
+        for e in entries:
+            if isinstance(e.source, H5Dataset):
+                e.source.place = place
     return Tree(entries, format=NAME, convention=KERAS, metadata=metadata, format_state=state)
 
 
