@@ -58,7 +58,7 @@ def run_guarded(read: Callable[..., T], *args: Any, where: str, what: str, fix: 
     if not data:
         cause = f"signal {-os.waitstatus_to_exitcode(status)}" if os.WIFSIGNALED(status) else f"exit code {os.waitstatus_to_exitcode(status)}"
         raise CorruptFileError(f"{what} crashed the HDF5 library ({cause})", where, fix)
-    kind, value = pickle.loads(data)
+    kind, value = pickle.loads(data)  # bytes our own forked child wrote to this pipe, never a file's
     if kind == "ok":
         return value
     if kind == "surgery":

@@ -254,8 +254,16 @@ def test_pesto_lightning_checkpoint_with_omegaconf_hyper_parameters_reads_with_k
     assert "skipped, not unpickled" in result.stderr and "omegaconf.dictconfig.DictConfig" in result.stderr
 
     class Stubbing(pickle.Unpickler):
+        """The reference's own loader is restricted too: omegaconf becomes inert, and only tensor
+        rebuilding and plain containers are found; anything else is refused."""
+
         def find_class(self, module, name):
-            return _Inert if module.startswith("omegaconf") else super().find_class(module, name)
+            if module.startswith("omegaconf"):
+                return _Inert
+            plain = module in ("builtins", "__builtin__") and name in {"dict", "list", "tuple", "set", "int", "long", "float", "str", "unicode", "bool", "object"}
+            if plain or module in ("collections", "typing") or module.startswith("torch"):
+                return super().find_class(module, name)
+            raise pickle.UnpicklingError(f"the reference loader refuses {module}.{name}")
 
     stub = type("stub", (), {"Unpickler": Stubbing, "load": pickle.load, "__name__": "stub"})
     reference = torch.load(path, map_location="cpu", weights_only=False, pickle_module=stub)["state_dict"]
