@@ -214,8 +214,10 @@ def _expected_keys(config: str) -> dict[str, str] | None:
         kind = document["class_name"]
     except (ValueError, TypeError, KeyError):
         return None
-    if kind not in ("Functional", "Model", "Sequential"):
+    if kind not in ("Functional", "Model", "Sequential") or not isinstance(layers, list):
         return None
+    if not all(isinstance(layer, dict) and isinstance(layer.get("config", {}), dict) for layer in layers):
+        return None  # a broken config: its groups keep their keys
     keys: dict[str, str] = {}
     used: dict[str, int] = {}
     for layer in layers:
