@@ -38,7 +38,7 @@ from ..errors import CorruptFileError, FormatError, OutputError
 from ..keras_config import CONFIG_KEY
 from ..tree import KERAS, Entry, Tree
 from . import keras_h5
-from ._errors import ZIP_ERRORS
+from ._errors import ZIP_ERRORS, describe, is_disk_full
 
 NAME = "keras"
 SUFFIXES = (".keras",)
@@ -260,5 +260,7 @@ def _copy_other_members(tree: Tree, z: zipfile.ZipFile) -> None:
                     with original.open(info) as src, z.open(info.filename, "w") as dst:
                         while chunk := src.read(1 << 20):
                             dst.write(chunk)
-    except (zipfile.BadZipFile, OSError) as e:
-        raise CorruptFileError(f"cannot copy the other members of the source zip ({e})", source, _FIX) from e
+    except ZIP_ERRORS as e:
+        if isinstance(e, OSError) and is_disk_full(e):  # the output's problem, not the source's
+            raise
+        raise CorruptFileError(f"cannot copy the other members of the source zip ({describe(e)})", source, _FIX) from e

@@ -106,7 +106,7 @@ def _keras3_h5(folder: Path) -> Path:
 
 def _keras_zip(folder: Path) -> Path:
     """A `.keras` zip as Keras 3 writes it (every member stored): metadata.json, a Functional
-    config naming the seed's layers, and the Keras 3 weights of `_keras3_h5`."""
+    config naming the seed's layers, the Keras 3 weights of `_keras3_h5`, and an asset."""
     import json
     import zipfile
 
@@ -127,7 +127,8 @@ def _keras_zip(folder: Path) -> Path:
               "input_layers": [small[0][0], 0, 0], "output_layers": [small[-1][0], 0, 0]}, "compile_config": None}
     out = folder / "seed.keras"
     members = [("metadata.json", json.dumps({"keras_version": "3.15.1", "date_saved": "2026-01-01@00:00:00"}).encode()),
-               ("config.json", json.dumps(config).encode()), ("model.weights.h5", weights.read_bytes())]
+               ("config.json", json.dumps(config).encode()), ("model.weights.h5", weights.read_bytes()),
+               ("assets/vocabulary.txt", b"background\nperson\n")]  # copied as it is into every .keras written
     with zipfile.ZipFile(out, "w") as z:  # ZIP_STORED, as Keras writes it: the weights are read in place
         for name, data in members:
             z.writestr(zipfile.ZipInfo(name, date_time=(2026, 1, 1, 0, 0, 0)), data)
