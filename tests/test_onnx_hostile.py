@@ -198,3 +198,23 @@ def test_types_surgery_cannot_hold_are_named(folder, make, kind):
     path = save(identity_model([make()]), folder / "m.onnx")
     line = error_line(run("inspect", path))
     assert line.startswith(f"error: tensor 'w' is {kind}, which surgery cannot hold ({path}); surgery reads these ONNX tensor types: bfloat16, bool, complex64,")
+
+
+def test_an_external_data_string_that_is_not_utf8(folder):
+    path = _external(folder, "weights.data", length=16)
+    path.write_bytes(path.read_bytes().replace(b"weights.data", b"weights\xffdata"))  # same length: the protobuf stays whole
+    _refused(path, f"error: external data 'location' is b'weights\\xffdata', which is not valid UTF-8 ({path}, tensor 'w'); {_CORRUPT}")
+
+
+def test_graph_names_that_are_not_utf8_are_shown_escaped(folder):
+    """Protobuf hands such a string back as bytes; inspect shows it escaped, in text and in --json."""
+    import json
+
+    path = save(identity_model([numpy_helper.from_array(np.ones(2, np.float32), "w")]), folder / "m.onnx")
+    path.write_bytes(path.read_bytes().replace(b"w__out", b"w__\xffut").replace(b"tests", b"test\xff"))
+    text = run("inspect", path)
+    assert text.exit_code == 0, text.stderr
+    assert "output b'w__\\xffut' [2] float32" in text.stdout.splitlines()
+    facts = json.loads(run("inspect", path, "--json").stdout)["onnx"]
+    assert facts["outputs"] == [{"name": "b'w__\\xffut'", "dtype": "float32", "shape": [2]}]
+    assert facts["producer"] == {"name": "b'test\\xff'", "version": ""}

@@ -372,6 +372,44 @@ def test_keras3_groups_that_are_not_plain_are_refused(tmp_path, build, message):
     assert error_line(run("inspect", path)) == f"error: {message} ({path}); {KERAS_FIX}"
 
 
+def _time_dataset(group, name):
+    """A dataset of HDF5's time datatype, which h5py has no numpy dtype for (its .dtype raises)."""
+    space = h5py.h5s.create_simple((2,))
+    h5py.h5d.create(group.id, name.encode(), h5py.h5t.UNIX_D32LE, space)
+
+
+def _deflate_without_a_level(group, name):
+    """A deflate filter with no client data: reading its settings (compression_opts) raises in h5py."""
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_chunk((2,))
+    dcpl.set_filter(h5py.h5z.FILTER_DEFLATE, h5py.h5z.FLAG_OPTIONAL, ())
+    h5py.h5d.create(group.id, name.encode(), h5py.h5t.IEEE_F32LE, h5py.h5s.create_simple((2,)), dcpl=dcpl)
+
+
+def _compound_dataset(group, name):
+    group.create_dataset(name, data=np.zeros(2, dtype=[("a", "<f4"), ("b", "<i4")]))
+
+
+@pytest.mark.parametrize(
+    "build, message",
+    [
+        # The error handler once read .dtype again to say what it was, and so raised h5py's TypeError.
+        (_time_dataset, "cannot read the datatype of dataset '/dense/kernel:0' (TypeError: No NumPy equivalent for TypeTimeID exists)"),
+        (_deflate_without_a_level, "cannot read the compression settings of dataset '/dense/kernel:0' (IndexError: tuple index out of range)"),
+        (_compound_dataset, "dataset '/dense/kernel:0' has dtype [('a', '<f4'), ('b', '<i4')], which is not a tensor type"),
+    ],
+    ids=["datatype-h5py-cannot-map", "compression-settings", "not-a-tensor-dtype"],
+)
+def test_a_weight_whose_datatype_or_filters_cannot_be_read_is_one_line(tmp_path, build, message):
+    path = tmp_path / "a.h5"
+    with h5py.File(path, "w") as f:
+        f.attrs["layer_names"] = np.array([b"dense"])
+        g = f.create_group("dense")
+        g.attrs["weight_names"] = np.array([b"kernel:0"])
+        build(g, "kernel:0")
+    assert error_line(run("convert", path, "-o", tmp_path / "out.safetensors")) == f"error: {message} ({path}); {KERAS_FIX}"
+
+
 def test_an_attribute_that_claims_more_than_the_limit_is_not_read(tmp_path, monkeypatch):
     from surgery.formats import keras_h5
 

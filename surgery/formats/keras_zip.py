@@ -38,7 +38,7 @@ from ..errors import CorruptFileError, FormatError, OutputError
 from ..keras_config import CONFIG_KEY
 from ..tree import KERAS, Entry, Tree
 from . import keras_h5
-from ._errors import ZIP_ERRORS
+from ._errors import ZIP_ERRORS, describe, is_disk_full
 
 NAME = "keras"
 SUFFIXES = (".keras",)
@@ -214,8 +214,10 @@ def _expected_keys(config: str) -> dict[str, str] | None:
         kind = document["class_name"]
     except (ValueError, TypeError, KeyError):
         return None
-    if kind not in ("Functional", "Model", "Sequential"):
+    if kind not in ("Functional", "Model", "Sequential") or not isinstance(layers, list):
         return None
+    if not all(isinstance(layer, dict) and isinstance(layer.get("config", {}), dict) for layer in layers):
+        return None  # a broken config: its groups keep their keys
     keys: dict[str, str] = {}
     used: dict[str, int] = {}
     for layer in layers:
@@ -258,5 +260,7 @@ def _copy_other_members(tree: Tree, z: zipfile.ZipFile) -> None:
                     with original.open(info) as src, z.open(info.filename, "w") as dst:
                         while chunk := src.read(1 << 20):
                             dst.write(chunk)
-    except (zipfile.BadZipFile, OSError) as e:
-        raise CorruptFileError(f"cannot copy the other members of the source zip ({e})", source, _FIX) from e
+    except ZIP_ERRORS as e:
+        if isinstance(e, OSError) and is_disk_full(e):  # the output's problem, not the source's
+            raise
+        raise CorruptFileError(f"cannot copy the other members of the source zip ({describe(e)})", source, _FIX) from e

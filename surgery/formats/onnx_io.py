@@ -139,9 +139,9 @@ def describe(tree: Tree) -> dict[str, Any]:
     weights = {t.name for t in model.graph.initializer}
     return {
         "ir_version": model.ir_version,
-        "opsets": {(o.domain or "ai.onnx"): o.version for o in model.opset_import},
-        "producer": {"name": model.producer_name, "version": model.producer_version},
-        "graph": model.graph.name,
+        "opsets": {_text(o.domain or "ai.onnx"): o.version for o in model.opset_import},
+        "producer": {"name": _text(model.producer_name), "version": _text(model.producer_version)},
+        "graph": _text(model.graph.name),
         "nodes": len(model.graph.node),
         "inputs": [_value_info(v) for v in model.graph.input if v.name not in weights],
         "outputs": [_value_info(v) for v in model.graph.output],
@@ -153,13 +153,18 @@ def _is_external(entry: Entry) -> bool:
     return isinstance(entry.source, onnx_tensors.ExternalRange)
 
 
+def _text(value: str | bytes) -> str:
+    """A string field as shown: protobuf hands one that is not UTF-8 back as bytes, shown escaped."""
+    return value if isinstance(value, str) else repr(value)
+
+
 def _value_info(value: Any) -> dict[str, Any]:
     kind = value.type.WhichOneof("value")
     if kind != "tensor_type":
-        return {"name": value.name, "type": kind or "unknown"}
+        return {"name": _text(value.name), "type": kind or "unknown"}
     tensor = value.type.tensor_type
     dtype = onnx_tensors.ONNX_TO_DTYPE.get(tensor.elem_type, f"onnx type {tensor.elem_type}")
     shape = None
     if tensor.HasField("shape"):
-        shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor.shape.dim]
-    return {"name": value.name, "dtype": dtype, "shape": shape}
+        shape = [d.dim_value if d.HasField("dim_value") else (_text(d.dim_param) or None) for d in tensor.shape.dim]
+    return {"name": _text(value.name), "dtype": dtype, "shape": shape}

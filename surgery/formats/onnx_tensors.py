@@ -192,6 +192,11 @@ def _typed_source(tensor: Any, name: str, dtype: str, shape: tuple[int, ...], mo
 
 
 def _external_range(tensor: Any, name: str, nbytes: int, model: Path) -> ExternalRange:
+    for e in tensor.external_data:  # protobuf hands a string that is not UTF-8 back as bytes
+        if not isinstance(e.key, str) or not isinstance(e.value, str):
+            raise CorruptFileError(
+                f"external data {e.key!r} is {e.value!r}, which is not valid UTF-8", f"{model}, tensor {name!r}", _FIX
+            )
     info = {e.key: e.value for e in tensor.external_data}
     location = info.get("location", "")
     where = f"{model}, tensor {name!r}, location {location!r}"

@@ -7,6 +7,7 @@ exact error message.
 
     python -m tests.fuzz.regressions add fuzz-repro/keras_h5-123 [more dirs]   # record
     python -m tests.fuzz.regressions add-hang fuzz-repro/guarded/keras_h5-5459  # one HDF5 spins on
+    python -m tests.fuzz.regressions add-inspect fuzz-repro/onnx-221            # one `inspect` broke on
     python -m tests.fuzz.regressions fill         # record current messages as expected; review the diff
 """
 
@@ -45,6 +46,13 @@ def diff(old: bytes, new: bytes) -> list[list]:
                 k += 1
             ops.append([head + start, head + k, b[start:k].hex()])
         return ops
+    # Lengths differ: a member rewritten inside a zip shifts everything after it, but the rest
+    # stays equal; difflib finds those runs (checked, since its junk heuristic may miss some).
+    import difflib
+
+    ops = [[head + i1, head + i2, b[j1:j2].hex()] for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, a, b).get_opcodes() if tag != "equal"]
+    if patch(old, ops) == new and len(ops) < 64:
+        return ops
     return [[head, len(old) - tail, b.hex()]]
 
 
@@ -74,29 +82,31 @@ def build(case: dict, folder: Path) -> Path:
     path.mkdir()
     for name, data in files.items():
         (path / name).write_bytes(data)
-    return path
+    return path / SEEDS[case["seed"]].load if SEEDS[case["seed"]].load else path
 
 
 def load_store() -> list[dict]:
     return json.loads(STORE.read_text()) if STORE.exists() else []
 
 
-def add(directories: list[Path], env: dict[str, str] | None = None) -> None:
+def add(directories: list[Path], env: dict[str, str] | None = None, **marks: bool) -> None:
     store = load_store()
     for d in directories:
         seed = d.name.rsplit("-", 1)[0]
-        files, is_dir = seed_bytes(seed)
+        files, _ = seed_bytes(seed)
         for name, old in files.items():
             found = d / (name or "input" + (SEEDS[seed].own_suffix or ".bin"))
             new = found.read_bytes()
             if new != old:
                 note = (d / "README.txt").read_text(errors="replace").splitlines()[0]
-                store.append({"seed": seed, "file": name, "patch": diff(old, new), "found": note, "message": "", **({"env": env} if env else {})})
+                store.append({"seed": seed, "file": name, "patch": diff(old, new), "found": note, "message": "", **({"env": env} if env else {}), **marks})
     STORE.write_text(json.dumps(store, indent=1) + "\n")
 
 
 def outcome(case: dict, folder: Path) -> str:
-    """The first error line of `surgery convert` to safetensors, then to the seed's own format; "" if both work."""
+    """The first error line of `surgery convert` to safetensors, then to the seed's own format; "" if both work.
+
+    A case marked "inspect" (one that broke what `inspect` shows) runs `inspect --json` first."""
     from click.testing import CliRunner
 
     from surgery.cli import main
@@ -106,9 +116,12 @@ def outcome(case: dict, folder: Path) -> str:
     targets = [["-o", str(folder / "out.safetensors")], ["-o", str(folder / "own"), "--shard-size", "600"] if own is None else ["-o", str(folder / ("own" + own))]]
     saved = {k: os.environ.get(k) for k in case.get("env", {})}
     os.environ.update(case.get("env", {}))  # e.g. a short SURGERY_READ_TIMEOUT for files HDF5 spins on
+    commands = [["convert", str(src), *target, "-q"] for target in targets]
+    if case.get("inspect"):
+        commands.insert(0, ["inspect", str(src), "--json"])
     try:
-        for target in targets:
-            result = CliRunner().invoke(main, ["convert", str(src), *target, "-q"], catch_exceptions=False)
+        for command in commands:
+            result = CliRunner().invoke(main, command, catch_exceptions=False)
             if result.exit_code:
                 assert result.exit_code == 1 and len(result.stderr.splitlines()) == 1, result.stderr
                 return result.stderr.strip().replace(str(folder), "{dir}")
@@ -135,5 +148,7 @@ if __name__ == "__main__":
         add([Path(p) for p in sys.argv[2:]])
     elif sys.argv[1:2] == ["add-hang"]:  # files HDF5 spins on: checked with a 2 s guard
         add([Path(p) for p in sys.argv[2:]], env={"SURGERY_READ_TIMEOUT": "2"})
+    elif sys.argv[1:2] == ["add-inspect"]:
+        add([Path(p) for p in sys.argv[2:]], inspect=True)
     elif sys.argv[1:2] == ["fill"]:
         fill()

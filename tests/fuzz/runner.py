@@ -9,6 +9,7 @@ index): `random.Random(f"{base}-{name}-{index}")` drives its mutations.
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import os
 import random
@@ -72,25 +73,44 @@ def _limit_memory() -> None:
 READ_TIMEOUT = "3"  # seconds surgery's own read guard allows, well below the fuzzer's hang limit
 
 
-def _worker(conn, suffixes: dict[str, str | None]) -> None:
+Layout = tuple[str | None, str]  # a seed's own suffix, and the file of a folder seed to load ("" = the folder)
+
+
+def _worker(conn, layouts: dict[str, Layout]) -> None:
     _limit_memory()
     os.environ["SURGERY_READ_TIMEOUT"] = READ_TIMEOUT
+    # Load every reader before the first case, so that no case pays for an import: onnx itself
+    # too (typed-field tensors are decoded by its numpy_helper), and its protobuf classes.
+    import onnx.numpy_helper  # noqa: F401
+
     import surgery.io
     from surgery.errors import SurgeryError
+    from surgery.formats import (  # noqa: F401
+        keras_h5,
+        keras_zip,
+        npz_io,
+        onnx_io,
+        onnx_writer,
+        safetensors_io,
+        torch_pt,
+    )
+    from surgery.formats.onnx_model import proto_module
 
-    # Load every reader before the first case, so that no case pays for an import.
-    from surgery.formats import keras_h5, npz_io, safetensors_io, torch_pt  # noqa: F401
+    proto_module()
 
     work = Path(tempfile.mkdtemp(prefix="surgery-fuzz-"))
     while True:
         case = conn.recv()
         if case is None:
             break
-        conn.send(_run_case(case, suffixes[case.seed], work, surgery.io, SurgeryError))
+        conn.send(_run_case(case, layouts[case.seed], work, surgery.io, SurgeryError))
     shutil.rmtree(work, ignore_errors=True)
 
 
-def _run_case(case: Case, own_suffix: str | None, work: Path, io, surgery_error) -> tuple[str, str]:
+def _run_case(case: Case, layout: Layout, work: Path, io, surgery_error) -> tuple[str, str]:
+    from surgery.formats import onnx_io
+
+    own_suffix, entry = layout
     for child in work.iterdir():
         shutil.rmtree(child) if child.is_dir() else child.unlink()
     if "" in case.files:
@@ -101,6 +121,7 @@ def _run_case(case: Case, own_suffix: str | None, work: Path, io, surgery_error)
         src.mkdir()
         for name, data in case.files.items():
             (src / name).write_bytes(data)
+        src = src / entry if entry else src
     out = work / "out"
     out.mkdir()
     try:
@@ -110,10 +131,12 @@ def _run_case(case: Case, own_suffix: str | None, work: Path, io, surgery_error)
         if own_suffix is None:
             io.save(tree, out / "own", shard_size=600)
         else:
-            io.save(tree, out / ("own" + own_suffix))
+            io.save(_own_options(tree), out / ("own" + own_suffix))
         io.save(tree, out / "all.safetensors")
         for name in tree:  # what the table printer and every writer need
             name.encode("utf-8")
+        if tree.format == "onnx":  # the model's facts `inspect` shows, as its --json prints them
+            json.dumps(onnx_io.describe(tree), ensure_ascii=False).encode("utf-8")
         return "success", ""
     except surgery_error as e:
         line = e.one_line()
@@ -130,14 +153,26 @@ def _run_case(case: Case, own_suffix: str | None, work: Path, io, surgery_error)
         return "failure", traceback.format_exc(limit=-8)
 
 
+def _own_options(tree):
+    """An ONNX model read with external data is written with it again, from 16 bytes up (the
+    default threshold, 1 KiB, would keep every tensor of the tiny seed inline)."""
+    from surgery.graph import GRAPH
+
+    if tree.format == "onnx" and getattr(tree.format_state.get(GRAPH), "external_data", False):
+        from surgery.formats import onnx_io
+
+        return onnx_io.with_write_options(tree, external=True, threshold=16)
+    return tree
+
+
 # -- the parent -------------------------------------------------------------------
 
 
 class _Child:
-    def __init__(self, suffixes: dict[str, str | None]) -> None:
+    def __init__(self, layouts: dict[str, Layout]) -> None:
         ctx = mp.get_context("spawn")
         self.conn, theirs = ctx.Pipe()
-        self.process = ctx.Process(target=_worker, args=(theirs, suffixes), daemon=True)
+        self.process = ctx.Process(target=_worker, args=(theirs, layouts), daemon=True)
         self.process.start()
         theirs.close()
 
@@ -174,10 +209,10 @@ class _Child:
 def fuzz(names: list[str], *, seconds: float | None = None, cases: int | None = None, base: int = 0,
          timeout: float = 10.0, repro_dir: Path | None = None, progress=None) -> list[Result]:
     """Fuzz each named seed for `seconds` (or `cases` cases); return one Result per seed."""
-    suffixes = {n: s.own_suffix for n, s in SEEDS.items()}
+    layouts = {n: (s.own_suffix, s.load) for n, s in SEEDS.items()}
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        child = _Child(suffixes)
+        child = _Child(layouts)
         try:
             for name in names:
                 folder = Path(tmp) / name
@@ -191,7 +226,7 @@ def fuzz(names: list[str], *, seconds: float | None = None, cases: int | None = 
                     index += 1
                     kind, detail = child.run(case, timeout)
                     if child.dead:
-                        child = _Child(suffixes)
+                        child = _Child(layouts)
                     result.outcomes[kind] += 1
                     if kind == "clean":
                         result.messages[_message_kind(detail)] += 1
