@@ -192,3 +192,11 @@ def test_no_sync_block_turns_syncing_off_inside_only(tmp_path):
 def test_no_sync_help_says_what_a_crash_can_do():
     text = " ".join(run("convert", "--help").stdout.split())
     assert "--no-sync Skip the fsyncs: faster for scratch outputs, but a power loss or OS crash soon after can leave OUTPUT empty or partial (an interrupted surgery still never can)." in text
+
+
+def test_every_command_that_writes_takes_no_sync():
+    from surgery.cli import main
+
+    writers = {name for name, command in main.commands.items() if any(p.name == "output" for p in command.params)}
+    assert {"convert", "subsample", "rename", "export-onnx", "freeze"} <= writers
+    assert [name for name in sorted(writers) if not any(p.name == "no_sync" for p in main.commands[name].params)] == []
