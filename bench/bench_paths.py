@@ -7,7 +7,8 @@ Method (also in BENCHMARKS.md):
      file (untimed). Every input is read once, so the page cache is warm for every command alike.
   2. `--repeats` rounds; in each round every command runs once in a fresh process, in turn, so a
      slow spell of a shared machine hits all of them. Before each run its output is deleted and
-     `sync` runs (untimed), so no run pays for the write-back of the one before. The cases:
+     `sync` runs (untimed), so no run pays for the write-back of the one before; each output is
+     deleted again right after its run, so the disk holds only the inputs and one output. The cases:
        sharded -> single   cp -r / cp -r && sync / surgery convert shards/ -o one.safetensors
        single -> sharded   cp / cp && sync / surgery convert one.safetensors -o again/ --shard-size 1GB
        safetensors -> .pt  cp / cp && sync / surgery convert one.safetensors -o one.pt
@@ -146,12 +147,14 @@ def main() -> None:
             sys.exit("--no-sync-only: this surgery has no --no-sync")
         commands = _commands(work, shards, single, no_sync, args.no_sync_only)
         measured: dict[str, dict[str, list[tuple[float, int]]]] = {c: {k: [] for k in commands[c]} for c in cases}
-        for _ in range(args.repeats):
+        for k in range(args.repeats):
             for c in cases:
                 for label, (argv, output) in commands[c].items():
                     remove(output)
                     subprocess.run(["sync"], check=True)
                     measured[c][label].append(run_measured(argv))
+                    if not (c == "safetensors_to_pt" and label.startswith("surgery") and k == args.repeats - 1):
+                        remove(output)  # at once: one output on disk at a time (the last .pt is kept for the check)
         results = {"bytes": single.stat().st_size, "largest_tensor_bytes": LARGEST, "repeats": args.repeats}
         for c in cases:
             row = {}
