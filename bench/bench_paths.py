@@ -7,7 +7,8 @@ Method (also in BENCHMARKS.md):
      file (untimed). Every input is read once, so the page cache is warm for every command alike.
   2. `--repeats` rounds; in each round every command runs once in a fresh process, in turn, so a
      slow spell of a shared machine hits all of them. Before each run its output is deleted and
-     `sync` runs (untimed), so no run pays for the write-back of the one before. The cases:
+     `sync` runs (untimed), so no run pays for the write-back of the one before; each output is
+     deleted again right after its run, so the disk holds only the inputs and one output. The cases:
        sharded -> single   cp -r / cp -r && sync / surgery convert shards/ -o one.safetensors
        single -> sharded   cp / cp && sync / surgery convert one.safetensors -o again/ --shard-size 1GB
        safetensors -> .pt  cp / cp && sync / surgery convert one.safetensors -o one.pt
@@ -15,13 +16,15 @@ Method (also in BENCHMARKS.md):
        strip-head          cp / cp && sync / surgery strip-head one.safetensors -o body.safetensors --head fc
        rename              cp / cp && sync / surgery rename one.safetensors -o renamed.safetensors --map '^layer=block'
      With `--no-sync` available (surgery convert --help lists it), each surgery case also runs
-     with it, against plain cp.
+     with it, against plain cp in the same rounds (target: <= 1.2x cp); `--no-sync-only` runs
+     just those two per case. Both skip the flush, so both are timed without it; the untimed
+     `sync` before the next run writes their data back.
   3. Wall time is the median of the rounds; peak RSS is GNU time's %M, the largest over the rounds.
   4. Checks: the .pt output loads with torch.load(weights_only=True) and equals the source
      (when torch is installed); the round trip single -> sharded is bit-exact.
 Every file lives in a temporary folder under --workdir (default: the system's), deleted at the end.
 
-Usage: python bench/bench_paths.py [--size-gb 4.2] [--repeats 3] [--workdir DIR] [--cases a,b] [--json]
+Usage: python bench/bench_paths.py [--size-gb 4.2] [--repeats 3] [--workdir DIR] [--cases a,b] [--no-sync-only] [--json]
 """
 
 from __future__ import annotations
@@ -76,7 +79,7 @@ def _has_no_sync() -> bool:
     return "--no-sync" in out
 
 
-def _commands(work: Path, shards: Path, single: Path, no_sync: bool) -> dict[str, dict[str, tuple[list[str], Path]]]:
+def _commands(work: Path, shards: Path, single: Path, no_sync: bool, no_sync_only: bool = False) -> dict[str, dict[str, tuple[list[str], Path]]]:
     """case -> {label: (argv, output)}; cp runs of the same input bytes are the baselines."""
 
     def cp(src: Path, dst: Path, sync: bool) -> list[str]:
@@ -92,6 +95,8 @@ def _commands(work: Path, shards: Path, single: Path, no_sync: bool) -> dict[str
             runs["surgery_no_sync"] = (surgery_argv(*surgery_args, "-q", "--no-sync"), out)
         if recipe:
             runs["recipe"] = (recipe, work / "recipe.out")
+        if no_sync_only:
+            runs = {k: v for k, v in runs.items() if k in ("cp", "surgery_no_sync")}
         return runs
 
     return {
@@ -122,6 +127,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workdir", type=Path)
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, from: {', '.join(CASES)}")
+    parser.add_argument("--no-sync-only", action="store_true", help="per case, only cp and surgery --no-sync")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--generate", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -136,14 +142,19 @@ def main() -> None:
         subprocess.run(surgery_argv("convert", str(shards), "-o", str(single), "-q"), check=True)
         warm(shards)
         warm(single)
-        commands = _commands(work, shards, single, _has_no_sync())
+        no_sync = _has_no_sync()
+        if args.no_sync_only and not no_sync:
+            sys.exit("--no-sync-only: this surgery has no --no-sync")
+        commands = _commands(work, shards, single, no_sync, args.no_sync_only)
         measured: dict[str, dict[str, list[tuple[float, int]]]] = {c: {k: [] for k in commands[c]} for c in cases}
-        for _ in range(args.repeats):
+        for k in range(args.repeats):
             for c in cases:
                 for label, (argv, output) in commands[c].items():
                     remove(output)
                     subprocess.run(["sync"], check=True)
                     measured[c][label].append(run_measured(argv))
+                    if not (c == "safetensors_to_pt" and label.startswith("surgery") and k == args.repeats - 1):
+                        remove(output)  # at once: one output on disk at a time (the last .pt is kept for the check)
         results = {"bytes": single.stat().st_size, "largest_tensor_bytes": LARGEST, "repeats": args.repeats}
         for c in cases:
             row = {}
@@ -151,7 +162,7 @@ def main() -> None:
                 walls = [w for w, _ in runs]
                 row[label] = {"wall_s": statistics.median(walls), "walls_s": walls, "peak_rss_bytes": max(r for _, r in runs)}
             for base in ("cp", "cp_sync", "recipe"):
-                if base in row:
+                if base in row and "surgery" in row:
                     row[f"ratio_to_{base}"] = row["surgery"]["wall_s"] / row[base]["wall_s"]
             if "surgery_no_sync" in row:
                 row["no_sync_ratio_to_cp"] = row["surgery_no_sync"]["wall_s"] / row["cp"]["wall_s"]
@@ -165,13 +176,32 @@ def main() -> None:
 
 
 def table(results: dict) -> str:
-    """The Markdown table of BENCHMARKS.md for these results."""
+    """The Markdown tables of BENCHMARKS.md for these results: every path, then --no-sync against cp."""
+    cases = [c for c in CASES if c in results]
+    durable = [c for c in cases if "surgery" in results[c]]
+    no_sync = [c for c in cases if "surgery_no_sync" in results[c]]
+    parts = [_durable_table(results, durable)] if durable else []
+    if no_sync:
+        parts.append(_no_sync_table(results, no_sync))
+    return "\n\n".join(parts)
+
+
+def _no_sync_table(results: dict, cases: list[str]) -> str:
+    lines = [f"`--no-sync` against plain `cp` of the same bytes, {results['bytes'] / 1e9:.2f} GB, medians of {results['repeats']} rounds (target ≤ 1.2)",
+             "", "| case | cp | surgery --no-sync | ÷ cp | cp, every round | --no-sync, every round | peak RSS |", "|---|---|---|---|---|---|---|"]
+    for c in cases:
+        r = results[c]
+        rounds = {k: ", ".join(f"{w:.2f}" for w in r[k]["walls_s"]) for k in ("cp", "surgery_no_sync")}
+        lines.append(f"| {c.replace('_', ' ')} | {r['cp']['wall_s']:.2f} s | {r['surgery_no_sync']['wall_s']:.2f} s | {r['no_sync_ratio_to_cp']:.2f} "
+                     f"| {rounds['cp']} | {rounds['surgery_no_sync']} | {mib(r['surgery_no_sync']['peak_rss_bytes'])} |")
+    return "\n".join(lines)
+
+
+def _durable_table(results: dict, cases: list[str]) -> str:
     lines = [f"{results['bytes'] / 1e9:.2f} GB, medians of {results['repeats']} rounds",
              "", "| case | cp | cp && sync | surgery | ÷ cp && sync | ÷ cp | recipe | ÷ recipe | --no-sync ÷ cp | surgery peak RSS |",
              "|---|---|---|---|---|---|---|---|---|---|"]
-    for c in CASES:
-        if c not in results:
-            continue
+    for c in cases:
         r = results[c]
 
         def s(label: str) -> str:

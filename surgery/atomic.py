@@ -2,6 +2,9 @@
 
 The guarantee: after any interruption (an error, Ctrl-C, SIGTERM, SIGKILL, a power cut
 after the fsyncs) the destination is either the old one or the complete new one.
+With syncing off (`--no-sync`, surgery.durable) the fsyncs are skipped and the renames are
+the same: an interrupted process still leaves old-or-new, but a power cut or OS crash soon
+after may leave the new name on a file whose data never reached the disk.
 
 * The new output is written under `.<name>.tmp-<pid>-<hex>` beside the destination.
 * A file replacing a file is one rename(2). Anything involving a folder (a folder
@@ -34,6 +37,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from .durable import fsync_path, syncing
 from .errors import OutputError
 from .tree import same_file
 
@@ -140,7 +144,7 @@ def atomic_output(dst: Path, *, directory: bool = False) -> Iterator[Path]:
         _test_kill("written")
         with _signals_held():
             _replace(tmp, dst)
-        _fsync_path(dst.parent)
+        fsync_path(dst.parent)
     except BaseException:
         _remove(tmp)  # the unfinished new output, or after an exchange the old one
         raise
@@ -317,18 +321,12 @@ def _test_kill(step: str) -> None:
 
 
 def _fsync_tree(path: Path) -> None:
+    if not syncing():
+        return
     if path.is_dir():
         for child in path.iterdir():
-            _fsync_path(child)
-    _fsync_path(path)
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+            fsync_path(child)
+    fsync_path(path)
 
 
 def _remove(path: Path) -> None:

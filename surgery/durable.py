@@ -1,4 +1,11 @@
-"""Start writing an output to disk while it is still being copied, so the final fsync is short.
+"""Whether writes are durable, and starting writeback early so the final fsync is short.
+
+`SYNC` is the one switch: every fsync of an output goes through `fsync` / `fsync_path`, and
+`Writeback` asks for nothing, when it is off (`--no-sync`, `surgery.io.save(sync=False)`).
+The atomic rename is the same either way, so an interrupted *process* still leaves the old
+output or the complete new one; what is lost is the guarantee against a crash of the
+machine: after a power loss or OS crash soon after the write, the new name may hold a file
+whose data had not reached the disk yet (empty or partial).
 
 Durability costs a full flush of every written byte. Done once at the end (`fsync`), the
 flush waits for the whole file after the copy is over, so a durable write takes copy
@@ -13,9 +20,14 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from pathlib import Path
 
-__all__ = ["Writeback"]
+__all__ = ["SYNC", "Writeback", "fsync", "fsync_path", "no_sync", "syncing"]
+
+SYNC: ContextVar[bool] = ContextVar("surgery.durable.SYNC", default=True)  # False: skip every fsync of an output
 
 _KICK = 32 << 20  # bytes written between writeback requests: large enough to keep requests few
 _SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>: start writeback of dirty pages in the range, do not wait
@@ -35,6 +47,38 @@ def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
 _sync_file_range = _load_sync_file_range()
 
 
+def syncing() -> bool:
+    """True when outputs are made durable (the default); False inside `no_sync()`."""
+    return SYNC.get()
+
+
+@contextmanager
+def no_sync() -> Iterator[None]:
+    """Skip the fsyncs of every write inside the block (see the module docstring for what a crash can do)."""
+    token = SYNC.set(False)
+    try:
+        yield
+    finally:
+        SYNC.reset(token)
+
+
+def fsync(fd: int) -> None:
+    """`os.fsync(fd)`, unless syncing is off."""
+    if SYNC.get():
+        os.fsync(fd)
+
+
+def fsync_path(path: Path) -> None:
+    """fsync a file or folder by its path (a folder: its entries, i.e. renames into it), unless syncing is off."""
+    if not SYNC.get():
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class Writeback:
     """Counts the bytes appended to `fd` and asks for writeback every 32 MB.
 
@@ -46,7 +90,7 @@ class Writeback:
         self.fd = fd
         self.flushed = os.lseek(fd, 0, os.SEEK_CUR) if start is None else start  # first byte not yet requested
         self.written = self.flushed
-        self.enabled = _sync_file_range is not None
+        self.enabled = _sync_file_range is not None and SYNC.get()  # no fsync will follow: nothing to start early
 
     def advance(self, n: int) -> None:
         self.written += n

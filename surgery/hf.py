@@ -14,7 +14,6 @@ Framework-free: the project never imports `transformers`.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Callable, Sequence
 from functools import lru_cache
@@ -22,6 +21,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from .durable import fsync
 from .errors import FormatError
 from .naming import layers, matches
 from .tree import Tree
@@ -219,7 +219,7 @@ def _write_json(path: Path, value: Any) -> None:
         json.dump(value, f, indent=2, sort_keys=True, ensure_ascii=False)  # as save_pretrained writes it
         f.write("\n")
         f.flush()
-        os.fsync(f.fileno())
+        fsync(f.fileno())
 
 
 def _copy_others(folder: Path, tmp: Path) -> list[str]:

@@ -9,6 +9,7 @@ from typing import Callable
 from . import formats
 from . import hf
 from .atomic import atomic_output, check_destination, refuse_stdout
+from .durable import no_sync
 from .errors import CorruptFileError, FormatError, OutputError, SurgeryError
 from .graph import GRAPH
 from .tree import Tree
@@ -94,6 +95,7 @@ def save(
     force: bool = False,
     shard_size: int | None = None,
     progress: Callable[[int], None] | None = None,
+    sync: bool = True,
 ) -> str:
     """Write `tree` atomically to `path` and return the format written.
 
@@ -109,7 +111,14 @@ def save(
         force: replace an existing destination.
         shard_size: split safetensors output into shards of at most this many bytes.
         progress: called with the number of bytes written after each chunk.
+        sync: False skips every fsync (the CLI's --no-sync), for scratch outputs: faster,
+            and an interrupted process still leaves the old or the complete new output,
+            but a power loss or OS crash soon after can leave `path` empty or partial.
+            (Inside `surgery.durable.no_sync()` the fsyncs are skipped whatever `sync` says.)
     """
+    if not sync:
+        with no_sync():
+            return save(tree, path, format, force=force, shard_size=shard_size, progress=progress)
     path = Path(path)
     name = check_output(tree, path, format, force=force, shard_size=shard_size)
     options = {"shard_size": shard_size} if shard_size is not None else {}

@@ -87,7 +87,8 @@ def quiet_option(f: Callable) -> Callable:
 
 
 def output_options(f: Callable) -> Callable:
-    """-o/--output, --force and --dry-run, shared by every command that writes."""
+    """-o/--output, --force, --dry-run and --no-sync, shared by every command that writes."""
+    f = click.option("--no-sync", is_flag=True, expose_value=False, callback=_no_sync, help=NO_SYNC_HELP)(f)
     f = click.option("--dry-run", is_flag=True, help="Print what would be written, and write nothing.")(f)
     f = click.option("--drop-optimizer", is_flag=True, expose_value=False, callback=_drop_optimizer, help="Training checkpoints: leave the optimizer state out (the way out when its parameter order cannot be proven).")(f)
     f = click.option("--force", is_flag=True, help="Replace OUTPUT if it exists (never an input).")(f)
@@ -104,6 +105,21 @@ def _drop_optimizer(ctx: click.Context, param: click.Parameter, value: bool) -> 
 
         token = DROP_OPTIMIZER.set(True)
         ctx.call_on_close(lambda: DROP_OPTIMIZER.reset(token))
+
+
+NO_SYNC_HELP = (
+    "Skip the fsyncs: faster for scratch outputs, but a power loss or OS crash soon after can leave "
+    "OUTPUT empty or partial (an interrupted surgery still never can)."
+)
+
+
+def _no_sync(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    """--no-sync: every write of this command skips its fsyncs (surgery.durable); the renames stay atomic."""
+    if value:
+        from ..durable import SYNC
+
+        token = SYNC.set(False)
+        ctx.call_on_close(lambda: SYNC.reset(token))
 
 
 def name_options(f: Callable) -> Callable:

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from .. import dtypes
+from ..durable import fsync
 from ..errors import CorruptFileError, FormatError, OutputError
 from ..guard import run_guarded
 from .h5_files import Place, _Opened  # noqa: F401 (Place: keras_zip builds it as keras_h5.Place)
@@ -422,7 +423,7 @@ def save(tree: Tree, path: Path, *, progress: Progress | None = None, durable: b
             handle.close()
     if durable:
         with open(path, "rb+") as raw:  # h5py has no fsync of its own
-            os.fsync(raw.fileno())
+            fsync(raw.fileno())
 
 
 def check_writable(tree: Tree) -> None:

@@ -34,6 +34,7 @@ import zlib
 from collections.abc import Callable
 from pathlib import Path
 
+from ..durable import fsync
 from ..errors import CorruptFileError, FormatError, OutputError
 from ..keras_config import CONFIG_KEY
 from ..tree import KERAS, Entry, Tree
@@ -165,7 +166,7 @@ def save(tree: Tree, path: Path, *, progress: Progress | None = None) -> None:
             z.write(weights, WEIGHTS)
             _copy_other_members(tree, z)
         with open(path, "rb+") as raw:
-            os.fsync(raw.fileno())
+            fsync(raw.fileno())
     finally:
         weights.unlink(missing_ok=True)
 

@@ -13,7 +13,6 @@ convention, the real dtype of raw-bit members); it is still read.
 from __future__ import annotations
 
 import math
-import os
 import zipfile
 from pathlib import Path
 from typing import Callable, Iterator
@@ -22,6 +21,7 @@ import numpy as np
 from numpy.lib import format as npy
 
 from .. import dtypes
+from ..durable import fsync
 from ..errors import CorruptFileError, OutputError, UnsafeFileError
 from ..tree import CONVENTIONS, UNKNOWN, Entry, Source, Tree
 from ._errors import ZIP_ERRORS, corrupt_on
@@ -196,7 +196,7 @@ def save(tree: Tree, path: Path, *, progress: Progress | None = None) -> None:
                     if progress:
                         progress(len(chunk))
     with open(path, "rb") as f:
-        os.fsync(f.fileno())
+        fsync(f.fileno())
 
 
 def _member_info(name: str) -> zipfile.ZipInfo:

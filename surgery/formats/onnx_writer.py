@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..durable import fsync
 from ..errors import OutputError
 from ..graph import GRAPH
 from ..tree import Entry, Tree, same_file
@@ -241,7 +242,7 @@ def _write_data(plan: _Plan, data_path: Path, data_name: str, progress: Progress
                 raise OutputError(f"tensor {e.name!r} gave {written} bytes but {e.nbytes} were expected", e.name, "the input changed while it was read; run again")
             _point_at(tensor, data_name, offset, written)
             offset += written
-        os.fsync(fd)
+        fsync(fd)
     finally:
         os.close(fd)
 
@@ -271,7 +272,7 @@ def _write_model(plan: _Plan, tree: Tree, path: Path, progress: Progress | None)
     with open(path, "wb") as f:
         f.write(plan.model.SerializeToString())
         f.flush()
-        os.fsync(f.fileno())
+        fsync(f.fileno())
 
 
 def _declare_weight_inputs(plan: _Plan) -> None:

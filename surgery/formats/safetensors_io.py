@@ -18,7 +18,7 @@ from typing import Any
 
 from .. import dtypes
 from ..errors import CorruptFileError, FormatError, OutputError
-from ..durable import Writeback
+from ..durable import Writeback, fsync
 from ..tree import CONVENTIONS, TORCH, UNKNOWN, Entry, FileRange, Tree, write_all
 from ._json import loads_strict
 
@@ -379,4 +379,4 @@ def _write_sharded(folder: Path, tree: Tree, shard_size: int, progress: Progress
         json.dump(index, f, indent=2, ensure_ascii=False)
         f.write("\n")
         f.flush()
-        os.fsync(f.fileno())
+        fsync(f.fileno())

@@ -27,7 +27,6 @@ Tensor data moves one chunk at a time: memory stays near one chunk, not the chec
 from __future__ import annotations
 
 import hashlib
-import os
 import struct
 import zipfile
 import zlib
@@ -36,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import dtypes
-from ..durable import Writeback
+from ..durable import Writeback, fsync
 from ..errors import CorruptFileError, OutputError
 from ..tree import KERAS, ArraySource, Entry, FileRange, Tree
 
@@ -310,7 +309,7 @@ def save(tree: Tree, path: Path, *, progress: Progress | None = None) -> None:
             serialization_id = archive.serialization_id()
             archive.record(".data/serialization_id", [serialization_id], len(serialization_id))
         f.flush()
-        os.fsync(f.fileno())
+        fsync(f.fileno())
 
 
 def _state_dict(tree: Tree) -> tuple[list[Storage], bytes]:
