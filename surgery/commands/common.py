@@ -116,10 +116,9 @@ NO_SYNC_HELP = (
 def _no_sync(ctx: click.Context, param: click.Parameter, value: bool) -> None:
     """--no-sync: every write of this command skips its fsyncs (surgery.durable); the renames stay atomic."""
     if value:
-        from ..durable import SYNC
+        from ..durable import no_sync
 
-        token = SYNC.set(False)
-        ctx.call_on_close(lambda: SYNC.reset(token))
+        ctx.with_resource(no_sync())  # left when the command's context closes
 
 
 def name_options(f: Callable) -> Callable:
