@@ -30,7 +30,6 @@ import struct
 import sys
 import tempfile
 import zipfile
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -130,9 +129,9 @@ def _extracted(path: Path, info: zipfile.ZipInfo) -> keras_h5.Place:
     try:
         with os.fdopen(fd, "wb") as out, zipfile.ZipFile(path) as z, z.open(info) as member:
             shutil.copyfileobj(member, out, 1 << 20)
-    except (zipfile.BadZipFile, NotImplementedError, RuntimeError, EOFError, OSError, zlib.error) as e:
+    except ZIP_ERRORS as e:  # zipfile decodes the local header's name here, so a bad name ends up here too
         copy.unlink(missing_ok=True)
-        raise CorruptFileError(f"cannot extract {WEIGHTS} ({type(e).__name__}: {e})", str(path), _FIX) from e
+        raise CorruptFileError(f"cannot extract {WEIGHTS} ({describe(e)})", str(path), _FIX) from e
     print(f"note: {WEIGHTS} is compressed inside {path}, so it was extracted to {copy} (removed when done)", file=sys.stderr)
     return keras_h5.Place(copy=copy)
 
