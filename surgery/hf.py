@@ -14,7 +14,6 @@ Framework-free: the project never imports `transformers`.
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 from importlib import resources
@@ -224,6 +223,8 @@ def _write_json(path: Path, value: Any) -> None:
 
 def _copy_others(folder: Path, tmp: Path) -> list[str]:
     """Every top-level regular file but the weights and config.json, byte for byte."""
+    import shutil  # only writing needs it; every load imports this module
+
     copied = []
     for p in sorted(folder.iterdir()):
         if p.name == CONFIG or p.name.endswith(_WEIGHT_SUFFIXES) or not p.is_file():
