@@ -11,8 +11,8 @@ Method (also in BENCHMARKS.md):
                     initializer external.
   2. Warm up once (which also compiles bytecode: PYTHONDONTWRITEBYTECODE is unset for the runs), then
      --repeats rounds; each round runs every command once in a fresh process, in turn, so a slow
-     spell of the shared machine hits all alike. Median wall time, largest peak RSS, and the 1-minute
-     load average before each run.
+     spell of the shared machine hits all alike. Median wall time, median CPU time (user + sys, which
+     other work on the machine inflates less), largest peak RSS, and the 1-minute load average.
        safetensors  surgery inspect F  vs  safe_open(F, "np") + list(keys())
        torch        surgery inspect F  vs  torch.load(F, mmap=True, weights_only=True) + list(keys)
        onnx         surgery inspect F  vs  onnx.load(F, load_external_data=False) + initializer names
@@ -177,19 +177,24 @@ def main() -> None:
 
 def table(results: list[dict]) -> str:
     lines = [
-        "| file | surgery inspect | reference | reference time | ratio | `import click` | peak RSS (surgery / reference) | imports | load (1 min) |",
+        "| file | surgery inspect: wall (CPU) | reference | reference: wall (CPU) | ratio, wall (CPU) | `import click`: wall (CPU) "
+        "| peak RSS: surgery / reference | numpy, torch, onnx, h5py imported | load (1 min) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         ours, theirs, click = r["runs"]["surgery inspect"], r["runs"][r["reference"]], r["runs"]["import click"]
         loads = [la for run in r["runs"].values() for la in run["load_1min"]]
         lines.append(
-            f"| {r['kind']}, {r['file_bytes'] / 1e9:.2f} GB, {r['tensors']} tensors | {ours['wall_s']:.3f} s | `{r['reference']}` "
-            f"| {theirs['wall_s']:.3f} s | {r['ratio']:.2f}x | {click['wall_s']:.3f} s "
-            f"| {mib(ours['peak_rss_bytes'])} / {mib(theirs['peak_rss_bytes'])} | {', '.join(r['heavy_imports']) or 'none of numpy, torch, onnx, h5py'} "
+            f"| {r['kind']}, {r['file_bytes'] / 1e9:.2f} GB, {r['tensors']} tensors | {_timing(ours)} | `{r['reference']}` "
+            f"| {_timing(theirs)} | {r['ratio']:.2f}x ({ours['cpu_s'] / theirs['cpu_s']:.2f}x) | {_timing(click)} "
+            f"| {mib(ours['peak_rss_bytes'])} / {mib(theirs['peak_rss_bytes'])} | {', '.join(r['heavy_imports']) or 'none'} "
             f"| {min(loads):.2f}-{max(loads):.2f} |"
         )
     return "\n".join(lines)
+
+
+def _timing(run: dict) -> str:
+    return f"{run['wall_s']:.3f} s ({run['cpu_s']:.3f} s)"
 
 
 if __name__ == "__main__":
