@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,8 @@ _WEIGHT_SUFFIXES = (".safetensors", ".safetensors.index.json", ".bin", ".bin.ind
 
 @lru_cache(maxsize=1)
 def _table() -> dict:
+    from importlib import resources  # here: it imports tempfile, shutil and more, which most loads never need
+
     text = resources.files(__package__).joinpath("label_tables", "hf_architectures.json").read_text(encoding="utf-8")
     return json.loads(text)
 

@@ -28,7 +28,6 @@ import re
 import shutil
 import struct
 import sys
-import tempfile
 import zipfile
 import zlib
 from collections.abc import Callable
@@ -127,6 +126,8 @@ def _extracted(path: Path, info: zipfile.ZipInfo) -> Place:
     """A compressed member (Keras never writes one) cannot be read in place: h5py seeks back and
     forth, and each seek back would decompress from the start. It is copied to a temporary file,
     deleted when no tensor needs it any more, and the copy is said on stderr."""
+    import tempfile  # here: detection imports this module for every zip, a .pt too
+
     fd, name = tempfile.mkstemp(prefix="surgery-", suffix=".weights.h5")
     copy = Path(name)
     try:

@@ -325,5 +325,19 @@ def _contiguous(ref: _TensorRef) -> bool:
     return True
 
 
-# Writing needs no reader state; it lives in its own module.
-from .torch_writer import check_writable, save  # noqa: E402,F401
+# Writing needs no reader state; it lives in its own module, imported only to write (it imports
+# hashlib, whose OpenSSL start-up `surgery inspect` of a .pt need not pay).
+
+
+def check_writable(tree: Tree) -> None:
+    """See surgery.formats.torch_writer.check_writable."""
+    from .torch_writer import check_writable
+
+    check_writable(tree)
+
+
+def save(tree: Tree, path: Path, **options: Any) -> None:
+    """See surgery.formats.torch_writer.save."""
+    from .torch_writer import save
+
+    save(tree, path, **options)
