@@ -35,7 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import mib, remove, round_robin, surgery_argv  # noqa: E402
+from _measure import mib, remove, round_robin, surgery_argv
 
 HEAVY = ("numpy", "ml_dtypes", "h5py", "torch", "onnx", "keras")
 COLUMNS = 1024  # every tensor is (rows, 1024) float32
@@ -81,7 +81,6 @@ def write_torch(folder: Path, size: int, tensors: int) -> Path:
 
 def write_onnx(folder: Path, size: int, tensors: int) -> Path:
     """model.onnx with every initializer in model.onnx.data (sparse), each consumed by an Identity."""
-    import onnx
     from onnx import TensorProto, helper
 
     rows = rows_for(size, tensors)
@@ -177,8 +176,10 @@ def main() -> None:
 
 def table(results: list[dict]) -> str:
     lines = [
-        "| file | surgery inspect: wall (CPU) | reference | reference: wall (CPU) | ratio, wall (CPU) | `import click`: wall (CPU) "
-        "| peak RSS: surgery / reference | numpy, torch, onnx, h5py imported | load (1 min) |",
+        (
+            "| file | surgery inspect: wall (CPU) | reference | reference: wall (CPU) | ratio, wall (CPU) | `import click`: wall (CPU) "
+            "| peak RSS: surgery / reference | numpy, torch, onnx, h5py imported | load (1 min) |"
+        ),
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:

@@ -36,7 +36,7 @@ _WEIGHT_SUFFIXES = (".safetensors", ".safetensors.index.json", ".bin", ".bin.ind
 
 @lru_cache(maxsize=1)
 def _table() -> dict:
-    from importlib import resources  # here: it imports tempfile, shutil and more, which most loads never need
+    from importlib import resources  # here: it imports tempfile, shutil, ...
 
     text = resources.files(__package__).joinpath("label_tables", "hf_architectures.json").read_text(encoding="utf-8")
     return json.loads(text)

@@ -118,7 +118,7 @@ def save(
     if not sync:
         with no_sync():
             return save(tree, path, format, force=force, shard_size=shard_size, progress=progress)
-    from .atomic import atomic_output  # here: reading a checkpoint (inspect) needs none of the writing machinery
+    from .atomic import atomic_output  # here: reading (inspect) needs none of it
 
     path = Path(path)
     name = check_output(tree, path, format, force=force, shard_size=shard_size)

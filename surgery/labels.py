@@ -71,7 +71,7 @@ class LabelSpace:
 
 @lru_cache(maxsize=1)
 def _index() -> dict:
-    from importlib import resources  # here: it imports tempfile, shutil and more, which inspect never needs
+    from importlib import resources  # here: it imports tempfile, shutil, ...
 
     return json.loads(resources.files(__package__).joinpath(_TABLES, "index.json").read_text(encoding="utf-8"))
 

@@ -37,8 +37,8 @@ from ..durable import fsync
 from ..errors import CorruptFileError, FormatError, OutputError
 from ..keras_config import CONFIG_KEY
 from ..tree import KERAS, Entry, Tree
-from .h5_files import Place
 from ._errors import ZIP_ERRORS, describe, is_disk_full
+from .h5_files import Place
 
 NAME = "keras"
 SUFFIXES = (".keras",)
@@ -69,7 +69,8 @@ def sniff(path: Path, head: bytes, size: int) -> bool:
 
 
 def load(path: Path) -> Tree:
-    from . import keras_h5  # imported here: it imports numpy, and detection imports this module for every zip
+    # Imported here: keras_h5 imports numpy, and detection imports this module for every zip.
+    from . import keras_h5
 
     path = Path(path)
     config, metadata_json, weights = _read_members(path)
