@@ -1,18 +1,21 @@
 """The dtypes a tensor tree can hold, named as numpy (and ml_dtypes) name them.
 
 Entries carry dtype *names*, not numpy dtype objects, so a tree can be
-listed without importing ml_dtypes. The numpy dtype is looked up only when
-data is materialised. Sub-byte dtypes (4- and 6-bit floats) are packed in
-files; they are carried as raw bytes and cannot be materialised as arrays.
+listed without importing numpy or ml_dtypes (`surgery inspect` imports neither).
+The numpy dtype is looked up only when data is materialised. Sub-byte dtypes
+(4- and 6-bit floats) are packed in files; they are carried as raw bytes and
+cannot be materialised as arrays.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from .errors import FormatError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
 
 __all__ = ["DType", "DTYPES", "get", "from_numpy", "FLOATING"]
 
@@ -49,6 +52,8 @@ class DType:
                 self.name,
                 "it can be inspected, copied and converted, but not edited",
             )
+        import numpy as np  # here, not at the top: listing a checkpoint needs no numpy
+
         if self.numpy_native:
             return np.dtype(self.name)
         import ml_dtypes  # only for bfloat16 and the float8 family
@@ -119,6 +124,8 @@ def from_safetensors(code: str) -> DType | None:
 
 def from_numpy(dtype: np.dtype) -> DType:
     """The DType of a numpy dtype, whatever its byte order."""
+    import numpy as np
+
     dtype = np.dtype(dtype)
     name = dtype.name
     if name in DTYPES and not DTYPES[name].packed:

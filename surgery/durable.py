@@ -18,7 +18,6 @@ Elsewhere this is a no-op and the closing fsync does all the work, as before.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -34,8 +33,10 @@ _SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>: start writeback of dirty pages in th
 
 
 def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    # CDLL(None) is the running process, which has libc loaded: its symbols without
+    # ctypes.util.find_library, which starts ldconfig (a process) on every run.
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        libc = ctypes.CDLL(None, use_errno=True)
         function = libc.sync_file_range
     except (OSError, AttributeError):
         return None

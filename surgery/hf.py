@@ -14,10 +14,8 @@ Framework-free: the project never imports `transformers`.
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Callable, Sequence
 from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +36,8 @@ _WEIGHT_SUFFIXES = (".safetensors", ".safetensors.index.json", ".bin", ".bin.ind
 
 @lru_cache(maxsize=1)
 def _table() -> dict:
+    from importlib import resources  # here: it imports tempfile, shutil, ...
+
     text = resources.files(__package__).joinpath("label_tables", "hf_architectures.json").read_text(encoding="utf-8")
     return json.loads(text)
 
@@ -224,6 +224,8 @@ def _write_json(path: Path, value: Any) -> None:
 
 def _copy_others(folder: Path, tmp: Path) -> list[str]:
     """Every top-level regular file but the weights and config.json, byte for byte."""
+    import shutil  # only writing needs it; every load imports this module
+
     copied = []
     for p in sorted(folder.iterdir()):
         if p.name == CONFIG or p.name.endswith(_WEIGHT_SUFFIXES) or not p.is_file():

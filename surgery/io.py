@@ -8,7 +8,6 @@ from typing import Callable
 
 from . import formats
 from . import hf
-from .atomic import atomic_output, check_destination, refuse_stdout
 from .durable import no_sync
 from .errors import CorruptFileError, FormatError, OutputError, SurgeryError
 from .graph import GRAPH
@@ -119,6 +118,8 @@ def save(
     if not sync:
         with no_sync():
             return save(tree, path, format, force=force, shard_size=shard_size, progress=progress)
+    from .atomic import atomic_output  # here: reading (inspect) needs none of it
+
     path = Path(path)
     name = check_output(tree, path, format, force=force, shard_size=shard_size)
     options = {"shard_size": shard_size} if shard_size is not None else {}
@@ -146,6 +147,8 @@ def check_output(
 
     Commands call it first so that a dry run fails exactly where the real run would.
     """
+    from .atomic import check_destination, refuse_stdout
+
     path = Path(path)
     refuse_stdout(path)
     folder = hf.writes_folder(tree, path)

@@ -20,12 +20,10 @@ with the three nearest names (difflib). Framework-free: standard library only.
 
 from __future__ import annotations
 
-import difflib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cache, lru_cache
-from importlib import resources
 from pathlib import Path
 
 from .errors import FormatError, OperationError
@@ -73,6 +71,8 @@ class LabelSpace:
 
 @lru_cache(maxsize=1)
 def _index() -> dict:
+    from importlib import resources  # here: it imports tempfile, shutil, ...
+
     return json.loads(resources.files(__package__).joinpath(_TABLES, "index.json").read_text(encoding="utf-8"))
 
 
@@ -93,6 +93,8 @@ def is_placeholder(name: str) -> bool:
 
 @cache
 def _builtin(name: str) -> tuple[str, ...]:
+    from importlib import resources
+
     row = _index()["tables"][name]
     text = resources.files(__package__).joinpath(_TABLES, row["file"]).read_text(encoding="utf-8")
     return tuple(text.splitlines())
@@ -270,6 +272,8 @@ def _nearest(name: str, labels: Sequence[str]) -> str:
     by_folded: dict[str, str] = {}
     for n in real:
         by_folded.setdefault(n.casefold(), n)
+    import difflib
+
     close = difflib.get_close_matches(name.casefold(), list(by_folded), n=3, cutoff=0.0)
     return ", ".join(repr(by_folded[c]) for c in close)
 

@@ -16,12 +16,15 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Callable
-
-import numpy as np
+from typing import TYPE_CHECKING, Callable
 
 from . import dtypes
 from .errors import CorruptFileError, OperationError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+# numpy is imported inside the functions that touch data: a tree of names, shapes and dtype
+# names is built and listed without it (`surgery inspect` never imports numpy).
 
 __all__ = ["Convention", "KERAS", "TORCH", "UNKNOWN", "Entry", "Tree", "Source", "FileRange", "ArraySource", "LazySource"]
 
@@ -63,6 +66,8 @@ class Source:
     """Produces one tensor's data on demand. Subclasses override one of the two readers."""
 
     def read_array(self, entry: Entry) -> np.ndarray:
+        import numpy as np
+
         raw = b"".join(bytes(chunk) for chunk in self.iter_bytes(entry))
         dtype = dtypes.get(entry.dtype).numpy().newbyteorder("<")
         return np.frombuffer(raw, dtype=dtype).reshape(entry.shape).astype(dtype.newbyteorder("="))
@@ -74,6 +79,8 @@ class Source:
 
     def read_take(self, entry: Entry, indices: Sequence[int], axis: int) -> np.ndarray:
         """`np.take(tensor, indices, axis)`; sources that can read part of a tensor read only what it keeps."""
+        import numpy as np
+
         return np.take(self.read_array(entry), list(indices), axis=axis)
 
     def paths(self) -> tuple[Path, ...]:
@@ -112,6 +119,8 @@ def in_requested_order(kept: np.ndarray, unique: list[int], indices: Sequence[in
     """
     if len(unique) == len(indices) and all(a == b for a, b in zip(unique, indices)):
         return kept
+    import numpy as np
+
     position = {row: i for i, row in enumerate(unique)}
     return np.take(kept, [position[int(i)] for i in indices], axis=axis)
 
@@ -124,6 +133,8 @@ def write_all(fd: int, data: memoryview | bytes) -> None:
 
 
 def _array_chunks(array: np.ndarray) -> Iterator[memoryview]:
+    import numpy as np
+
     little = array.astype(array.dtype.newbyteorder("<"), copy=False)
     flat = np.ascontiguousarray(little).reshape(-1).view(np.uint8)
     for start in range(0, flat.size, CHUNK):
@@ -150,6 +161,8 @@ class FileRange(Source):
                 yield memoryview(chunk)
 
     def read_array(self, entry: Entry) -> np.ndarray:
+        import numpy as np
+
         dtype = dtypes.get(entry.dtype).numpy()
         out = np.empty(entry.shape, dtype=dtype.newbyteorder("<"))
         view = out.reshape(-1).view(np.uint8)
@@ -173,6 +186,8 @@ class FileRange(Source):
         # axis the tensor is streamed in blocks of outer rows, so memory stays near the output.
         if not entry.shape or entry.numel == 0 or not len(indices):
             return super().read_take(entry, indices, axis)
+        import numpy as np
+
         dtype = dtypes.get(entry.dtype).numpy()
         rows = entry.shape[0]
         row_bytes = self.length // rows
@@ -321,6 +336,8 @@ class Entry:
 
     @classmethod
     def from_array(cls, name: str, array: np.ndarray, attrs: Mapping[str, object] | None = None) -> Entry:
+        import numpy as np
+
         array = np.asarray(array)
         dtype = dtypes.from_numpy(array.dtype)
         return cls(name, tuple(int(n) for n in array.shape), dtype.name, ArraySource(array), dict(attrs or {}))

@@ -75,7 +75,7 @@ def _parameter_count(tree, entries: list) -> int:
     """Elements of the weights, without buffers (BatchNorm statistics, integer tensors)."""
     import math
 
-    from ..ops.freeze import is_buffer
+    from ..buffers import is_buffer
 
     return sum(math.prod(e.shape) for e in entries if not is_buffer(tree, e.name))
 

@@ -15,7 +15,7 @@ from types import ModuleType
 
 from ..errors import FormatError
 
-__all__ = ["FORMATS", "module", "detect", "for_output", "names"]
+__all__ = ["FORMATS", "LEADING_BYTES", "module", "detect", "for_output", "names"]
 
 # name -> module. Order matters for detection: the first format that claims a file wins.
 FORMATS: dict[str, str] = {
@@ -26,6 +26,22 @@ FORMATS: dict[str, str] = {
     "torch": "surgery.formats.torch_pt",
     "onnx": "surgery.formats.onnx_io",
 }
+
+# What a file of each format can start with: (offset, bytes) pairs, any one of which is enough.
+# A format's own `sniff` (which may open the archive) is asked only when one matches, so telling
+# a file's format imports the one or two modules that could read it, not all six (and not numpy,
+# which the HDF5 and npz readers need). Each row must hold whatever its `sniff` accepts.
+LEADING_BYTES: dict[str, tuple[tuple[int, bytes], ...]] = {
+    "safetensors": ((8, b"{"),),  # a little-endian u64 header length, then the JSON header
+    "npz": ((0, b"PK\x03\x04"), (0, b"PK\x05\x06")),  # a zip; an empty one is only its end record
+    "keras_h5": ((0, b"\x89HDF\r\n\x1a\n"),),  # the HDF5 signature
+    "keras": ((0, b"PK\x03\x04"),),
+    "torch": ((0, b"PK\x03\x04"), (0, b"\x80")),  # a zip, or (legacy) a pickle's PROTO opcode
+    "onnx": ((0, b"\x08"),),  # a ModelProto's field 1 (ir_version) as a varint
+}
+# Formats that claim some inputs by their name or as folders, whatever the first bytes say.
+NAME_ENDINGS: dict[str, str] = {".safetensors.index.json": "safetensors"}  # a sharded checkpoint's index
+FOLDER_FORMATS = ("safetensors",)  # a folder of shards, or holding one .safetensors file
 
 # Suffixes, so that outputs can be named without --to and inputs can be detected
 # without importing every module.
@@ -67,7 +83,7 @@ def detect(path: Path) -> str:
         size = path.stat().st_size
         with open(path, "rb") as f:
             head = f.read(64)
-    for name in FORMATS:
+    for name in _candidates(path, head):
         if module(name).sniff(path, head, size):
             return name
     by_suffix = SUFFIXES.get(path.suffix.lower())
@@ -78,6 +94,18 @@ def detect(path: Path) -> str:
         str(path),
         f"surgery reads: {', '.join(FORMATS)}",
     )
+
+
+def _candidates(path: Path, head: bytes) -> list[str]:
+    """The formats, in detection order, whose sniff could claim `path` (see LEADING_BYTES)."""
+    if path.is_dir():
+        return [name for name in FORMATS if name in FOLDER_FORMATS]
+    by_name = {name for ending, name in NAME_ENDINGS.items() if path.name.endswith(ending)}
+    return [
+        name
+        for name in FORMATS
+        if name in by_name or any(head[at : at + len(lead)] == lead for at, lead in LEADING_BYTES[name])
+    ]
 
 
 def for_output(path: Path, to: str | None, sharded: bool) -> str:

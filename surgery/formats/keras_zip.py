@@ -28,7 +28,6 @@ import re
 import shutil
 import struct
 import sys
-import tempfile
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -37,8 +36,8 @@ from ..durable import fsync
 from ..errors import CorruptFileError, FormatError, OutputError
 from ..keras_config import CONFIG_KEY
 from ..tree import KERAS, Entry, Tree
-from . import keras_h5
 from ._errors import ZIP_ERRORS, describe, is_disk_full
+from .h5_files import Place
 
 NAME = "keras"
 SUFFIXES = (".keras",)
@@ -69,6 +68,9 @@ def sniff(path: Path, head: bytes, size: int) -> bool:
 
 
 def load(path: Path) -> Tree:
+    # Imported here: keras_h5 imports numpy, and detection imports this module for every zip.
+    from . import keras_h5
+
     path = Path(path)
     config, metadata_json, weights = _read_members(path)
     inner = keras_h5.load(path, place=_stored_range(path, weights) if _stored(weights) else _extracted(path, weights))
@@ -103,7 +105,7 @@ def _stored(info: zipfile.ZipInfo) -> bool:
     return info.compress_type == zipfile.ZIP_STORED and not info.flag_bits & 0x1
 
 
-def _stored_range(path: Path, info: zipfile.ZipInfo) -> keras_h5.Place:
+def _stored_range(path: Path, info: zipfile.ZipInfo) -> Place:
     """The byte range of an uncompressed member, checked against its local header and the file's size."""
     size = path.stat().st_size
     with open(path, "rb") as f:
@@ -117,13 +119,15 @@ def _stored_range(path: Path, info: zipfile.ZipInfo) -> keras_h5.Place:
         raise CorruptFileError(
             f"{WEIGHTS} claims {info.file_size} bytes at offset {offset}, past the end of the {size}-byte file", str(path), _FIX
         )
-    return keras_h5.Place(offset, info.file_size)
+    return Place(offset, info.file_size)
 
 
-def _extracted(path: Path, info: zipfile.ZipInfo) -> keras_h5.Place:
+def _extracted(path: Path, info: zipfile.ZipInfo) -> Place:
     """A compressed member (Keras never writes one) cannot be read in place: h5py seeks back and
     forth, and each seek back would decompress from the start. It is copied to a temporary file,
     deleted when no tensor needs it any more, and the copy is said on stderr."""
+    import tempfile  # here: detection imports this module for every zip, a .pt too
+
     fd, name = tempfile.mkstemp(prefix="surgery-", suffix=".weights.h5")
     copy = Path(name)
     try:
@@ -133,7 +137,7 @@ def _extracted(path: Path, info: zipfile.ZipInfo) -> keras_h5.Place:
         copy.unlink(missing_ok=True)
         raise CorruptFileError(f"cannot extract {WEIGHTS} ({describe(e)})", str(path), _FIX) from e
     print(f"note: {WEIGHTS} is compressed inside {path}, so it was extracted to {copy} (removed when done)", file=sys.stderr)
-    return keras_h5.Place(copy=copy)
+    return Place(copy=copy)
 
 
 # -- writing ------------------------------------------------------------------------
@@ -141,6 +145,8 @@ def _extracted(path: Path, info: zipfile.ZipInfo) -> keras_h5.Place:
 
 def check_writable(tree: Tree) -> None:
     """A .keras file needs the Keras 3 weights layout and a config; refuse before writing."""
+    from . import keras_h5
+
     state = tree.format_state if tree.format == NAME else {}
     if state.get(keras_h5.LAYOUT) != "keras3" or not tree.metadata.get(CONFIG_KEY):
         raise OutputError(
@@ -152,6 +158,8 @@ def check_writable(tree: Tree) -> None:
 
 
 def save(tree: Tree, path: Path, *, progress: Progress | None = None) -> None:
+    from . import keras_h5
+
     check_writable(tree)
     path = Path(path)
     from_json = set(json.loads(tree.format_state.get(METADATA_KEYS, "[]")))
@@ -178,6 +186,8 @@ def _rekeyed(tree: Tree) -> Tree:
     class. Groups are matched to layers by the name their `vars` group records; groups of
     layers the config no longer has are left out.
     """
+    from . import keras_h5
+
     keys = _expected_keys(tree.metadata.get(CONFIG_KEY, ""))
     skeleton = json.loads(tree.format_state.get(keras_h5.SKELETON, "[]"))
     names = {path.split("/")[2]: attrs.get("name") for path, attrs in skeleton if path.count("/") == 3 and path.startswith("/layers/") and path.endswith("/vars")}

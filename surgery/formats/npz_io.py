@@ -15,10 +15,7 @@ from __future__ import annotations
 import math
 import zipfile
 from pathlib import Path
-from typing import Callable, Iterator
-
-import numpy as np
-from numpy.lib import format as npy
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from .. import dtypes
 from ..durable import fsync
@@ -27,6 +24,11 @@ from ..tree import CONVENTIONS, UNKNOWN, Entry, Source, Tree
 from ._errors import ZIP_ERRORS, corrupt_on
 from ._errors import describe as _describe
 from ._json import loads_strict
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+# numpy (whose .npy header reader we use) is imported when an npz is read or written, not when
+# this module is: format detection imports it for every zip, a PyTorch checkpoint's too.
 
 NAME = "npz"
 SUFFIXES = (".npz",)
@@ -74,6 +76,8 @@ class _Member(Source):
         return raw
 
     def read_array(self, entry: Entry) -> np.ndarray:
+        import numpy as np
+
         target = dtypes.get(entry.dtype).numpy()  # raises for packed dtypes
         array = np.frombuffer(self._raw(entry), dtype=self.stored).reshape(
             self.stored_shape, order="F" if self.fortran else "C"
@@ -93,6 +97,8 @@ class _Member(Source):
 
 
 def _read_npy_header(f) -> tuple[tuple[int, ...], bool, np.dtype]:
+    from numpy.lib import format as npy
+
     version = npy.read_magic(f)
     reader = {(1, 0): npy.read_array_header_1_0, (2, 0): npy.read_array_header_2_0}.get(version)
     if reader is None:
@@ -208,11 +214,15 @@ def _member_info(name: str) -> zipfile.ZipInfo:
 
 def _member_layout(e: Entry) -> dict:
     """The .npy header for an entry (numpy's own dtype, little-endian)."""
+    from numpy.lib import format as npy
+
     stored = dtypes.get(e.dtype).numpy().newbyteorder("<")
     return {"descr": npy.dtype_to_descr(stored), "fortran_order": False, "shape": tuple(e.shape)}
 
 
 def _write_npy_header(f, header: dict) -> None:
+    from numpy.lib import format as npy
+
     try:
         npy.write_array_header_1_0(f, header)
     except ValueError:  # header longer than version 1.0 allows

@@ -96,6 +96,7 @@ def _short(e: Exception) -> str:
 def _take_weights(model: Any, path: Path) -> list[Entry]:
     """The weights' entries, in graph order; each weight's TensorProto is left without data."""
     entries: dict[str, Entry] = {}
+    files: onnx_tensors.DataFiles = {}  # each external data file is checked once for the whole model
 
     def add(entry: Entry) -> None:
         if entry.name in entries:
@@ -109,12 +110,12 @@ def _take_weights(model: Any, path: Path) -> list[Entry]:
                 f"sparse initializer {name!r} is not supported", str(path), "densify it before export, or use onnx tools"
             )
         for tensor in graph.initializer:
-            add(onnx_tensors.entry_of(tensor, tensor.name, "initializer", path))
+            add(onnx_tensors.entry_of(tensor, tensor.name, "initializer", path, files))
             onnx_tensors.strip_data(tensor)
         for node in graph.node:
             tensor = constant_value(node)
             if tensor is not None and len(node.output) == 1 and is_weight_constant(tensor):
-                add(onnx_tensors.entry_of(tensor, node.output[0], "constant", path))
+                add(onnx_tensors.entry_of(tensor, node.output[0], "constant", path, files))
                 onnx_tensors.strip_data(tensor)
     return list(entries.values())
 

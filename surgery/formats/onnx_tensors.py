@@ -9,7 +9,8 @@ Where a tensor's bytes come from decides how it is read:
   - `raw_data`: the same raw bytes, held in memory because protobuf had to parse the file;
   - the typed fields (`float_data`, `int32_data` holding float16/bfloat16/float8 bits, `int64_data`,
     ...): decoded on demand by `onnx.numpy_helper.to_array`.
-onnx is imported inside the functions, so the core stays importable without it.
+onnx (and numpy) are imported inside the functions that read data, so listing a model needs
+neither: dtypes stay names until data is read.
 """
 
 from __future__ import annotations
@@ -20,13 +21,14 @@ import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from .. import dtypes
 from ..errors import CorruptFileError, FormatError, UnsafeFileError
 from ..tree import Entry, FileRange, Source
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
 
 __all__ = ["ONNX_TO_DTYPE", "DTYPE_TO_ONNX", "dtype_of", "onnx_code", "entry_of", "has_data", "strip_data"]
 
@@ -126,6 +128,8 @@ class InlineBytes(Source):
         yield memoryview(self.raw)
 
     def read_array(self, entry: Entry) -> np.ndarray:
+        import numpy as np  # only reading data needs numpy; listing a model does not
+
         dtype = dtypes.get(entry.dtype).numpy().newbyteorder("<")
         return np.frombuffer(self.raw, dtype=dtype).reshape(entry.shape).astype(dtype.newbyteorder("="))
 
@@ -153,8 +157,16 @@ class InlineTyped(Source):
 # -- reading one tensor -------------------------------------------------------------
 
 
-def entry_of(tensor: Any, name: str, kind: str, model: Path) -> Entry:
-    """The lazy entry for a TensorProto (which still holds its data); checks sizes and locations."""
+# location -> the checked data file and its size: what one model's tensors share (see _data_file).
+DataFiles = dict[str, tuple[Path, int]]
+
+
+def entry_of(tensor: Any, name: str, kind: str, model: Path, files: DataFiles | None = None) -> Entry:
+    """The lazy entry for a TensorProto (which still holds its data); checks sizes and locations.
+
+    `files`, shared by the calls for one model, keeps each external data file's check, so a
+    model of thousands of tensors in one data file checks that file once, not once per tensor.
+    """
     dtype = dtype_of(tensor.data_type, name, str(model))
     shape = tuple(int(d) for d in tensor.dims)
     if any(d < 0 for d in shape):
@@ -162,7 +174,7 @@ def entry_of(tensor: Any, name: str, kind: str, model: Path) -> Entry:
     nbytes = dtypes.get(dtype).nbytes(math.prod(shape))
     attrs = {"onnx.kind": kind}
     if tensor.data_location == 1:  # TensorProto.EXTERNAL
-        return Entry(name, shape, dtype, _external_range(tensor, name, nbytes, model), attrs)
+        return Entry(name, shape, dtype, _external_range(tensor, name, nbytes, model, files), attrs)
     if tensor.HasField("raw_data"):
         raw = tensor.raw_data
         if len(raw) != nbytes:
@@ -191,7 +203,7 @@ def _typed_source(tensor: Any, name: str, dtype: str, shape: tuple[int, ...], mo
     return InlineTyped(proto, model)
 
 
-def _external_range(tensor: Any, name: str, nbytes: int, model: Path) -> ExternalRange:
+def _external_range(tensor: Any, name: str, nbytes: int, model: Path, files: DataFiles | None) -> ExternalRange:
     for e in tensor.external_data:  # protobuf hands a string that is not UTF-8 back as bytes
         if not isinstance(e.key, str) or not isinstance(e.value, str):
             raise CorruptFileError(
@@ -200,7 +212,7 @@ def _external_range(tensor: Any, name: str, nbytes: int, model: Path) -> Externa
     info = {e.key: e.value for e in tensor.external_data}
     location = info.get("location", "")
     where = f"{model}, tensor {name!r}, location {location!r}"
-    path = safe_location(location, model.parent, where)
+    path, size = _data_file(location, model, where, {} if files is None else files)
     try:
         offset = int(info.get("offset", 0))
         length = int(info["length"]) if "length" in info else nbytes
@@ -216,12 +228,20 @@ def _external_range(tensor: Any, name: str, nbytes: int, model: Path) -> Externa
             where,
             _FIX,
         )
-    size = path.stat().st_size
     if offset + length > size:
         raise CorruptFileError(
             f"external data at offset {offset} length {length} runs past the end of the {size}-byte file", where, _FIX
         )
     return ExternalRange(path, offset, length, model)
+
+
+def _data_file(location: str, model: Path, where: str, files: DataFiles) -> tuple[Path, int]:
+    """The data file `location` names, checked (safe_location) and sized the first time a tensor names it."""
+    known = files.get(location)
+    if known is None:
+        path = safe_location(location, model.parent, where)
+        known = files[location] = (path, path.stat().st_size)
+    return known
 
 
 def safe_location(location: str, folder: Path, where: str) -> Path:

@@ -30,14 +30,15 @@ import math
 import struct
 import zipfile
 from pathlib import Path
-from typing import Any, BinaryIO
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from .. import dtypes
 from ..errors import CorruptFileError, FormatError
 from ..tree import CONVENTIONS, DROPPED_ON_READ, TORCH, Entry, FileRange, Source, Tree
 from ._errors import ZIP_ERRORS, corrupt_error
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
 
 # CONTAINER_KEYS and _ALLOWED stay importable from here, where they used to live.
 from .torch_containers import CONTAINER_KEYS, _left_out, _state_dict, _tensors  # noqa: F401
@@ -91,6 +92,8 @@ class _Strided(Source):
         self.storage, self.ref = storage, ref
 
     def read_array(self, entry: Entry) -> np.ndarray:
+        import numpy as np  # only reading data needs numpy; listing a checkpoint does not
+
         dtype = dtypes.get(entry.dtype).numpy()
         little = dtype.newbyteorder("<") if dtype.itemsize > 1 else dtype  # 1-byte ml_dtypes have no byte order
         buf = bytearray(self.storage.length)
@@ -322,5 +325,19 @@ def _contiguous(ref: _TensorRef) -> bool:
     return True
 
 
-# Writing needs no reader state; it lives in its own module.
-from .torch_writer import check_writable, save  # noqa: E402,F401
+# Writing needs no reader state; it lives in its own module, imported only to write (it imports
+# hashlib, whose OpenSSL start-up `surgery inspect` of a .pt need not pay).
+
+
+def check_writable(tree: Tree) -> None:
+    """See surgery.formats.torch_writer.check_writable."""
+    from .torch_writer import check_writable
+
+    check_writable(tree)
+
+
+def save(tree: Tree, path: Path, **options: Any) -> None:
+    """See surgery.formats.torch_writer.save."""
+    from .torch_writer import save
+
+    save(tree, path, **options)

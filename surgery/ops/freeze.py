@@ -38,24 +38,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import dtypes
+from ..buffers import BUFFER_PARAMS, is_buffer  # noqa: F401 (BUFFER_PARAMS stays importable from here, where it used to live)
 from ..errors import FormatError, OperationError
 from ..freeze_recipes import RECIPES, Recipe, Setting
-from ..naming import layer_of, matches, param_of
+from ..naming import layer_of, matches
 from ..report import Report
 from ..tree import Tree
 
 __all__ = ["Setting", "Recipe", "RECIPES", "FreezeMap", "freeze_map", "is_buffer", "specificity", "MAP_VERSION"]
 
 MAP_VERSION = 1
-
-
-# Tensors that are state, not parameters: an optimizer never updates them.
-BUFFER_PARAMS = frozenset({"running_mean", "running_var", "num_batches_tracked", "moving_mean", "moving_variance"})
-# Keras 3 `.weights.h5` names variables by number; in a BatchNormalization group
-# (`layers/batch_normalization[_N]/vars/i`) the last two are moving_mean and moving_variance.
-KERAS3_BATCHNORM_GROUP = re.compile(r"/batch_normalization(_\d+)?/vars$")
-KERAS3_BATCHNORM_BUFFERS = 2
 
 _GLOB_FIX = "list the names with `surgery inspect`; globs are case-sensitive, '*' crosses '.' and '/', and a glob may name a layer"
 
@@ -156,29 +148,6 @@ def _valid_mult(x: float) -> bool:
 
 
 # -- buffers and glob specificity -------------------------------------------------------
-
-
-def is_buffer(tree: Tree, name: str) -> bool:
-    """True for state that is not a parameter: running statistics, counters, integer tensors.
-
-    An integer or bool tensor can never require a gradient; BatchNorm statistics are
-    named `running_mean`/`running_var`/`num_batches_tracked` (torch) or
-    `moving_mean`/`moving_variance` (Keras); a Keras 3 BatchNormalization group's
-    last two variables are its moving statistics.
-    """
-    entry = tree[name]
-    if not dtypes.get(entry.dtype).is_floating or param_of(name) in BUFFER_PARAMS:
-        return True
-    return _keras3_batchnorm_buffer(tree, name)
-
-
-def _keras3_batchnorm_buffer(tree: Tree, name: str) -> bool:
-    path = str(tree[name].attrs.get("keras.h5_path", ""))
-    group, _, index = path.rpartition("/")
-    if not KERAS3_BATCHNORM_GROUP.search(group) or not index.isdigit():
-        return False
-    count = sum(1 for e in tree.values() if str(e.attrs.get("keras.h5_path", "")).rpartition("/")[0] == group)
-    return int(index) >= count - KERAS3_BATCHNORM_BUFFERS
 
 
 def specificity(glob: str) -> int:
