@@ -43,8 +43,8 @@ def test_ctrl_c_stops_inspect_on_a_file_hdf5_spins_on(tmp_path):
     spinning = next(c for c in load_store() if "env" in c)  # one the fuzzer found hanging h5py
     path = build(spinning, tmp_path)
     child = subprocess.Popen(
-        [sys.executable, "-c", "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
-         "from surgery.cli import main; main(sys.argv[1:])", "inspect", str(path)],
+        [sys.executable, "-c", ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+         "from surgery.cli import main; main(sys.argv[1:])"), "inspect", str(path)],
         stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO), "SURGERY_READ_TIMEOUT": "60"},
     )
     time.sleep(3)  # imports done, the child stuck inside HDF5
@@ -54,3 +54,22 @@ def test_ctrl_c_stops_inspect_on_a_file_hdf5_spins_on(tmp_path):
     child.wait(10)
     assert time.monotonic() - started < 1.0
     assert child.stderr.read().decode().strip() == "error: interrupted (Ctrl-C); nothing was written, and no temporary file is left"
+
+
+def test_a_killed_fuzz_child_leaves_no_work_folder(tmp_path):
+    """A hang kills the child mid-case; its work folder (with the case's files) must go with it."""
+    import time
+
+    from fuzz.runner import _Child
+
+    layouts = {n: (s.own_suffix, s.load) for n, s in SEEDS.items()}
+    child = _Child(layouts, tmp_path / "child-0")
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "child-0").exists():  # the child makes it once its readers are imported
+            assert time.monotonic() < deadline and not child.dead, "the child never started"
+            time.sleep(0.05)
+        (tmp_path / "child-0" / "input.h5").write_bytes(b"a case's file")
+    finally:
+        child.kill()
+    assert list(tmp_path.iterdir()) == []

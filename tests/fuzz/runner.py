@@ -9,6 +9,7 @@ index): `random.Random(f"{base}-{name}-{index}")` drives its mutations.
 
 from __future__ import annotations
 
+import itertools
 import json
 import multiprocessing as mp
 import os
@@ -76,7 +77,7 @@ READ_TIMEOUT = "3"  # seconds surgery's own read guard allows, well below the fu
 Layout = tuple[str | None, str]  # a seed's own suffix, and the file of a folder seed to load ("" = the folder)
 
 
-def _worker(conn, layouts: dict[str, Layout]) -> None:
+def _worker(conn, layouts: dict[str, Layout], work: Path) -> None:
     _limit_memory()
     os.environ["SURGERY_READ_TIMEOUT"] = READ_TIMEOUT
     # Load every reader before the first case, so that no case pays for an import: onnx itself
@@ -98,7 +99,7 @@ def _worker(conn, layouts: dict[str, Layout]) -> None:
 
     proto_module()
 
-    work = Path(tempfile.mkdtemp(prefix="surgery-fuzz-"))
+    work.mkdir()
     while True:
         case = conn.recv()
         if case is None:
@@ -169,10 +170,14 @@ def _own_options(tree):
 
 
 class _Child:
-    def __init__(self, layouts: dict[str, Layout]) -> None:
+    """One worker process. Its work folder is made by the parent inside the run's own temporary
+    folder, so a child killed mid-case (a hang, a crash) leaves nothing behind: `kill` removes it."""
+
+    def __init__(self, layouts: dict[str, Layout], work: Path) -> None:
         ctx = mp.get_context("spawn")
+        self.work = work
         self.conn, theirs = ctx.Pipe()
-        self.process = ctx.Process(target=_worker, args=(theirs, layouts), daemon=True)
+        self.process = ctx.Process(target=_worker, args=(theirs, layouts, work), daemon=True)
         self.process.start()
         theirs.close()
 
@@ -196,6 +201,7 @@ class _Child:
         if self.process.is_alive():
             self.process.kill()
         self.process.join(5)
+        shutil.rmtree(self.work, ignore_errors=True)
 
     def close(self) -> None:
         try:
@@ -212,7 +218,8 @@ def fuzz(names: list[str], *, seconds: float | None = None, cases: int | None = 
     layouts = {n: (s.own_suffix, s.load) for n, s in SEEDS.items()}
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        child = _Child(layouts)
+        children = (Path(tmp) / f"child-{n}" for n in itertools.count())
+        child = _Child(layouts, next(children))
         try:
             for name in names:
                 folder = Path(tmp) / name
@@ -226,7 +233,8 @@ def fuzz(names: list[str], *, seconds: float | None = None, cases: int | None = 
                     index += 1
                     kind, detail = child.run(case, timeout)
                     if child.dead:
-                        child = _Child(layouts)
+                        child.kill()
+                        child = _Child(layouts, next(children))
                     result.outcomes[kind] += 1
                     if kind == "clean":
                         result.messages[_message_kind(detail)] += 1
