@@ -8,7 +8,6 @@ import zipfile
 
 import numpy as np
 import pytest
-
 from helpers import error_line, run
 
 keras = pytest.importorskip("keras")
