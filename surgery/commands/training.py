@@ -21,7 +21,8 @@ def print_training(tree) -> None:
         return
     for o in document["optimizers"]:
         step = "no step counter" if o["step"] is None else f"step {o['step']:g}"
-        click.echo(f"training: {o['where']}: {o['kind']}, {step}, {o['tensors']} tensors for {o['parameters']} parameters, as {o['namespace']}/state/<parameter>/<key>")
+        shown = f"{o['namespace']}/state/<parameter>/<key>" if o["mapped"] or document["framework"] == "torch" else f"{o['namespace']}/<name in the file>"
+        click.echo(f"training: {o['where']}: {o['kind']}, {step}, {o['tensors']} tensors for {o['parameters']} parameters, as {shown}")
         if not o["mapped"]:
             click.echo(f"training: {o['where']} is not mapped to parameter names: {o['reason']}; edits that change parameters refuse it, --drop-optimizer leaves it out")
     if document["dropped"]:

@@ -138,7 +138,7 @@ def load(path: Path, *, place: Place | None = None, config: str | None = None) -
     if raw:
         from .keras_optimizer_io import optimizer_state
 
-        state.update(optimizer_state(raw, entries, state[LAYOUT], config))
+        state.update(optimizer_state(raw, entries, state[LAYOUT], config, metadata.get("training_config", "")))
     return Tree(entries, format=NAME, convention=KERAS, metadata=metadata, format_state=state)
 
 

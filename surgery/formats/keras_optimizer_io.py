@@ -25,19 +25,19 @@ OPTIMIZER_SKELETON = "keras.optimizer_skeleton"  # format_state: Keras 3 optimiz
 _DEFAULT_SKELETON = [["/optimizer", {}], ["/optimizer/vars", {}]]
 
 
-def optimizer_state(raw: list[Entry], entries: list[Entry], layout: str, config: str | None) -> dict[str, Any]:
+def optimizer_state(raw: list[Entry], entries: list[Entry], layout: str, config: str | None, training_config: str = "") -> dict[str, Any]:
     """The training state of the optimizer datasets `raw`, mapped to `entries` where that can be proven."""
     from .keras_training import by_name, by_order, training
     from .torch_training import TRAINING_KEY
 
     where = "optimizer_weights" if layout == "model" else "optimizer"
     if layout == "model":
-        mapped, reason = by_name(where, raw, entries)
+        mapped, reason = by_name(where, raw, entries, training_config)
     elif config is not None:
         mapped, reason = by_order(where, raw, entries, config)
     else:
         mapped, reason = None, "a .weights.h5 file has no config.json, which would prove the order of optimizer/vars"
-    state = training(where, raw, entries, mapped, reason)
+    state = training(where, raw, mapped, reason, training_config)
     out: dict[str, Any] = {TRAINING_KEY: state}
     if state.dropped:
         out[DROPPED_ON_READ] = f"{where} ({len(raw)} tensors): left out by --drop-optimizer"

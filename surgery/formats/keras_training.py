@@ -71,14 +71,14 @@ _COUNTER = re.compile(r"(^|/)(iter|iterations?|iteration)(_\d+)?$")
 _STRIP_INDEX = re.compile(r":\d+$")
 
 
-def training(where: str, raw: Sequence[Entry], model: Sequence[Entry], mapped: OptimizerState | None, reason: str) -> TrainingState | None:
+def training(where: str, raw: Sequence[Entry], mapped: OptimizerState | None, reason: str, training_config: str = "") -> TrainingState | None:
     """The training state for a Keras file's optimizer datasets `raw` (None when there are none);
     `mapped` when the order is proven, otherwise the datasets are kept unmapped with `reason`."""
     if not raw:
         return None
     if DROP_OPTIMIZER.get():
         return TrainingState("", (), (), {}, dropped=(where,), framework=FRAMEWORK)
-    state = mapped if mapped is not None else _unmapped(where, raw, reason)
+    state = mapped if mapped is not None else _unmapped(where, raw, reason, training_config)
     return TrainingState("", (state,), (), {}, framework=FRAMEWORK)
 
 
@@ -95,8 +95,9 @@ def is_moment(entry: Entry) -> bool:
 # -- optimizer_weights: by name -------------------------------------------------------------
 
 
-def by_name(where: str, raw: Sequence[Entry], model: Sequence[Entry]) -> tuple[OptimizerState | None, str]:
-    """Map `optimizer_weights` datasets (named as read) to the model's tensors by the names Keras gives them."""
+def by_name(where: str, raw: Sequence[Entry], model: Sequence[Entry], training_config: str = "") -> tuple[OptimizerState | None, str]:
+    """Map `optimizer_weights` datasets (named as read) to the model's tensors by the names Keras
+    gives them; `training_config` (the file's attribute) names the optimizer's class."""
     keys = _embedded_names(model)
     shapes = {e.name: e.shape for e in model}
     entries, seen, slots, step = [], {}, [], None
@@ -121,7 +122,7 @@ def by_name(where: str, raw: Sequence[Entry], model: Sequence[Entry]) -> tuple[O
         slots.append(slot)
         entries.append(_named(e, f"{PREFIX}/state/{param}/{slot}", moment=True, owner=param, embedded=embedded))
     params = tuple(dict.fromkeys(p for p, _ in seen))
-    kind = _kind(_optimizer_name(raw), slots)
+    kind = _kind(_optimizer_name(raw, training_config), slots)
     return OptimizerState(where, PREFIX, kind, params, "", step, Tree(entries, format=FRAMEWORK), {"parameters": len(params)}), ""
 
 
@@ -155,7 +156,14 @@ def _candidates(name: str, keys: dict[str, tuple[str, ...]]) -> set[tuple[str, s
     return found
 
 
-def _optimizer_name(raw: Sequence[Entry]) -> str:
+def _optimizer_name(raw: Sequence[Entry], training_config: str = "") -> str:
+    """The optimizer's class as training_config names it, else the one scope its variables share."""
+    try:
+        name = json.loads(training_config)["optimizer_config"]["class_name"]
+        if isinstance(name, str) and name:
+            return name
+    except (ValueError, TypeError, KeyError):
+        pass
     names = [e.name.split("/") for e in raw if "/" in e.name]
     heads = {n[1] if n[0] == "training" and len(n) > 2 else n[0] for n in names}
     return heads.pop() if len(heads) == 1 else "optimizer"
@@ -190,20 +198,25 @@ def by_order(where: str, raw: Sequence[Entry], model: Sequence[Entry], config: s
         kind, options = compiled["class_name"], compiled["config"]
     except (ValueError, TypeError, KeyError):
         return None, f"config.json does not describe a compiled Functional or Sequential model, so the order of {where} cannot be proven"
+    if not isinstance(options, dict) or not isinstance(kind, str):
+        return None, f"config.json's compile_config does not describe the optimizer, so the order of {where} cannot be proven"
     if kind not in OPTIMIZER_SLOTS:
         return None, f"{where} belongs to a {kind} optimizer, whose variables surgery does not know (known: {', '.join(OPTIMIZER_SLOTS)})"
     extras = [k for k in ("use_ema", "gradient_accumulation_steps") if options.get(k)]
     if extras:
         return None, f"{where}'s {kind} uses {extras[0]}, whose extra variables surgery does not place"
-    params, why = _trainable(layers, model, document.get("config", {}).get("trainable", True))
+    try:
+        params, why = _trainable(layers, model, document["config"].get("trainable", True))
+        groups = OPTIMIZER_SLOTS[kind](options)
+    except (TypeError, ValueError, AttributeError):  # a config whose values are not what Keras writes
+        return None, f"config.json holds values Keras does not write, so the order of {where} cannot be proven"
     if params is None:
         return None, why
     scalars = ["iteration"] + (["learning_rate"] if isinstance(options.get("learning_rate"), (int, float)) else [])
-    groups = OPTIMIZER_SLOTS[kind](options)
     expected = [(None, s) for s in scalars] + [(p, slot) for group in groups for p in params for slot in group]
     if len(expected) != len(raw):
         return None, (
-            f"{where} holds {len(raw)} variables but a {kind} for the {len(params)} trainable variables of config.json's layers "
+            f"{where} holds {len(raw)} variables but {kind} for the {len(params)} trainable variables of config.json's layers "
             f"would hold {len(expected)}"
         )
     entries, step = [], None
@@ -254,11 +267,11 @@ def _trainable(layers: Any, model: Sequence[Entry], model_trainable: Any) -> tup
 # -- shared steps ---------------------------------------------------------------------------
 
 
-def _unmapped(where: str, raw: Sequence[Entry], reason: str) -> OptimizerState:
+def _unmapped(where: str, raw: Sequence[Entry], reason: str, training_config: str = "") -> OptimizerState:
     entries = [_named(e, f"{PREFIX}/{_STRIP_INDEX.sub('', e.name.lstrip('/'))}", moment=e.shape != ()) for e in raw]
     counters = [e for e in raw if e.shape == () and _COUNTER.search(_STRIP_INDEX.sub("", e.name))]
     step = float(counters[0].read().reshape(-1)[0]) if counters else None
-    return OptimizerState(where, PREFIX, _kind(_optimizer_name(raw), []), None, reason, step, Tree(entries, format=FRAMEWORK), {"parameters": 0})
+    return OptimizerState(where, PREFIX, _kind(_optimizer_name(raw, training_config), []), None, reason, step, Tree(entries, format=FRAMEWORK), {"parameters": 0})
 
 
 def _named(e: Entry, name: str, *, moment: bool, owner: str = "", embedded: str = "") -> Entry:
