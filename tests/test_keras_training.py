@@ -229,3 +229,19 @@ def test_diff_compares_the_keras_optimizer_too(tmp_path):
     assert "changed    optimizer/state/cls/kernel/m  shape [4, 5] -> [4, 3]  float32" in result.stdout.splitlines()
     assert result.stdout.splitlines()[-1] == "11 identical, 6 changed (in 3 layers), 0 added, 0 removed; different"  # conv1's moments, the scalars
 
+
+
+def test_a_weight_listed_twice_is_corrupt(tmp_path):
+    def twice(group):
+        names = list(group.attrs["weight_names"]) + [b"Adam/iter:0"]
+        group.attrs["weight_names"] = np.array(names, dtype=f"S{max(map(len, names))}")
+
+    result = run("inspect", _variant(tmp_path, twice))
+    assert result.exit_code == 1
+    assert error_line(result).startswith("error: optimizer weight 'Adam/iter:0' is listed twice in weight_names, or not by its own name (")
+
+
+def test_scalars_that_share_a_name_but_their_index_keep_both():
+    raw = [Entry.from_array("Adam/iter:0", np.array(1, "int64")), Entry.from_array("Adam/iter:1", np.array(2, "int64"))]
+    state, _ = by_name("optimizer_weights", raw, [])
+    assert list(state.tensors) == ["optimizer/Adam/iter", "optimizer/Adam/iter:1#1"] and state.step == 1

@@ -171,3 +171,18 @@ def test_a_frozen_layer_has_no_slots_and_the_order_still_holds(tmp_path):
     for path, value in before.items():
         expected = np.take(value, [4, 2, 0], axis=-1) if "/cls_" in path else value
         assert np.array_equal(after[path], expected), path
+
+
+def test_strip_head_drops_the_optimizer_with_the_compile_config(tmp_path, trained):
+    src, _ = trained
+    out = tmp_path / "body.keras"
+    result = run("strip-head", src, "-o", out, "--head", "cls")
+    assert result.exit_code == 0, result.stderr
+    assert "optimizer dropped with the training config: an uncompiled model has no optimizer to restore" in result.stdout
+    with zipfile.ZipFile(out) as z:
+        z.extract("model.weights.h5", tmp_path)
+    import h5py
+
+    with h5py.File(tmp_path / "model.weights.h5") as f:
+        assert "optimizer" not in f
+    assert getattr(keras.saving.load_model(out), "optimizer", None) is None  # loads, uncompiled

@@ -50,10 +50,14 @@ def read_optimizer_weights(path: Path, group: Any, state: dict[str, Any]) -> Non
     if not names:
         state[DROPPED_ON_READ] = f"optimizer_weights ({h5._count_datasets(group)} tensors): no weight_names say their order"
         return
-    raw = []
+    raw, seen = [], set()
     for name in names:
         if name not in group or not isinstance(group[name], h5._h5py().Dataset):
             raise CorruptFileError(f"optimizer weight {name!r} is listed in weight_names but missing", str(path), h5._FIX)
+        stored = group[name].name
+        if stored != f"{group.name}/{name}" or stored in seen:  # 'a/', '.', a second listing: one dataset, two names
+            raise CorruptFileError(f"optimizer weight {name!r} is listed twice in weight_names, or not by its own name", str(path), h5._FIX)
+        seen.add(stored)
         raw.append(h5._entry(path, group[name], name, {"keras.opt_name": name}))
     state[h5.OPTIMIZER_RAW] = raw
 

@@ -107,7 +107,7 @@ def by_name(where: str, raw: Sequence[Entry], model: Sequence[Entry], training_c
             if e.shape == ():  # a counter or hyperparameter: kept as it is
                 if step is None and _COUNTER.search(_STRIP_INDEX.sub("", e.name)):
                     step = float(e.read().reshape(-1)[0])
-                entries.append(_named(e, f"{PREFIX}/{_STRIP_INDEX.sub('', e.name)}", moment=False))
+                entries.append(_named(e, _scalar_name(e, entries), moment=False))
                 continue
             return None, f"{where} holds {e.name!r}, which names no parameter of the model; the order of such variables is the optimizer's, which the file does not record"
         if len(found) > 1:
@@ -267,8 +267,16 @@ def _trainable(layers: Any, model: Sequence[Entry], model_trainable: Any) -> tup
 # -- shared steps ---------------------------------------------------------------------------
 
 
+def _scalar_name(e: Entry, entries: Sequence[Entry]) -> str:
+    """`optimizer/Adam/iter` for `Adam/iter:0`; with its position too where that is taken (`iter:0`, `iter:1`)."""
+    short = f"{PREFIX}/{_STRIP_INDEX.sub('', e.name)}"
+    return short if all(x.name != short for x in entries) else f"{PREFIX}/{e.name}#{len(entries)}"
+
+
 def _unmapped(where: str, raw: Sequence[Entry], reason: str, training_config: str = "") -> OptimizerState:
-    entries = [_named(e, f"{PREFIX}/{_STRIP_INDEX.sub('', e.name.lstrip('/'))}", moment=e.shape != ()) for e in raw]
+    entries: list[Entry] = []
+    for e in raw:
+        entries.append(_named(e, _scalar_name(e, entries), moment=e.shape != ()))
     counters = [e for e in raw if e.shape == () and _COUNTER.search(_STRIP_INDEX.sub("", e.name))]
     step = float(counters[0].read().reshape(-1)[0]) if counters else None
     return OptimizerState(where, PREFIX, _kind(_optimizer_name(raw, training_config), []), None, reason, step, Tree(entries, format=FRAMEWORK), {"parameters": 0})
