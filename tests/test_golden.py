@@ -13,7 +13,7 @@ from conftest import FIXTURES, REPO
 
 GOLDEN = ["tiny.safetensors", "tiny.npz", "tiny-sharded/model-00001-of-00002.safetensors",
           "tiny-sharded/model-00002-of-00002.safetensors", "tiny-sharded/model.safetensors.index.json",
-          "ssd300_coco_tiny.h5", "ssd300_coco_tiny.weights.h5"]
+          "ssd300_coco_tiny.h5", "ssd300_coco_tiny.weights.h5", "tiny_adam_keras2.h5"]
 
 
 @pytest.fixture(scope="module")

@@ -183,13 +183,15 @@ def export_onnx(checkpoint: Path, output: Path, force: bool, dry_run: bool, mode
     """
     from ..atomic import check_destination
     from ..errors import OperationError
+    from ..formats.torch_training import without_optimizer
     from ..io import load
     from ..torch_export import ToleranceError, random_inputs, reference_outputs
     from ..torch_export import export_onnx as export
     from ..torch_loading import build_module, load_into
 
     shapes, dtypes, names_in = _inputs(input_shape, input_specs, input_names)
-    tree = load(checkpoint, key=key)
+    with without_optimizer():  # an ONNX model holds no optimizer: its state need not be read, nor follow --keep/--drop
+        tree = load(checkpoint, key=key)
     check_destination(output, {checkpoint, *tree.source_paths()}, force=force)  # before anything slow
     if layout == "keras":
         raise OperationError("export-onnx needs the weights in torch layout", "--layout keras", "drop --layout, or give --layout torch")

@@ -6,10 +6,14 @@ Three layouts share one reader:
   datasets in a `weight_names` attribute (`conv1/kernel:0`, which may be nested
   under an inner name that differs from the layer's, or not nested at all).
 * Full model: the same under `model_weights`, plus `model_config` and
-  `training_config` root attributes (kept verbatim) and `optimizer_weights`
-  (dropped: after surgery its shapes no longer match the model).
+  `training_config` root attributes (kept verbatim) and `optimizer_weights`, each
+  variable named (`training/Adam/conv1/kernel/m:0`).
 * Keras 3: `layers/<key>/vars/<i>`, where the `vars` group's `name` attribute
-  holds the layer's own name.
+  holds the layer's own name; a `.keras` model's optimizer as `optimizer/vars/<i>`.
+
+Optimizer variables are mapped to their parameters by `surgery.formats.keras_training`
+(by name, or for Keras 3 by order through config.json) and follow every edit; they are
+written back in the same places, under the same names.
 
 Tree names are `layer/weight` (`conv4_3_norm_mbox_conf/kernel`; `a_mbox_conf/0`
 for Keras 3, whose files do not name variables). The file's string attributes
@@ -53,6 +57,7 @@ LAYOUT = "keras.layout"  # "weights" (Keras 2 save_weights), "model" (full model
 LAYER_NAMES = "keras.layer_names"  # JSON list: layer order, including layers without weights
 WEIGHTLESS = "keras.weightless"  # JSON list: layers that had no weights in the source file
 SKELETON = "keras.skeleton"  # Keras 3: JSON list of [group path, {attribute: string}]
+OPTIMIZER_RAW = "keras.optimizer_raw"  # the optimizer's datasets as read, until load() maps them (keras_optimizer_io)
 
 # The last Keras 2 release. Keras' legacy loader treats a file without keras_version as
 # Keras 1 and "converts" its kernels, so files we build from other formats must carry one.
@@ -118,20 +123,26 @@ class H5Dataset(Source):
         return (self.path,)
 
 
-def load(path: Path, *, place: Place | None = None) -> Tree:
-    """The tree of a Keras HDF5 file; with `place`, the HDF5 file is a member of `path` (a zip's)."""
+def load(path: Path, *, place: Place | None = None, config: str | None = None) -> Tree:
+    """The tree of a Keras HDF5 file; with `place`, the HDF5 file is a member of `path` (a zip's),
+    and `config` is that zip's config.json, which proves the order of a Keras 3 optimizer."""
     path = Path(path)
     # HDF5 can spin on a hostile file while holding the GIL: the metadata is read in a
     # watched child process (surgery.guard), which Ctrl-C and a time limit can stop.
     entries, metadata, state = run_guarded(_read_metadata, path, place, where=str(path), what="reading the HDF5 metadata", fix=_FIX)
+    raw = state.pop(OPTIMIZER_RAW, [])
     if place is not None:  # the entries came back from the child with copies: share the one place, whose life keeps a temporary copy
-        for e in entries:
+        for e in [*entries, *raw]:
             if isinstance(e.source, H5Dataset):
                 e.source.place = place
+    if raw:
+        from .keras_optimizer_io import optimizer_state
+
+        state.update(optimizer_state(raw, entries, state[LAYOUT], config, metadata.get("training_config", "")))
     return Tree(entries, format=NAME, convention=KERAS, metadata=metadata, format_state=state)
 
 
-def _read_metadata(path: Path, place: Place | None = None) -> tuple[list[Entry], dict[str, str], dict[str, str]]:
+def _read_metadata(path: Path, place: Place | None = None) -> tuple[list[Entry], dict[str, str], dict[str, Any]]:
     _h5py()
     try:
         opened = _Opened(path, place)
@@ -139,13 +150,14 @@ def _read_metadata(path: Path, place: Place | None = None) -> tuple[list[Entry],
         raise CorruptFileError(f"cannot open the HDF5 file ({e})", str(path), _FIX) from e
     with opened as f, corrupt_on(H5_ERRORS, str(path), "the HDF5 file", _FIX):
         metadata = {k: v for k, v in ((k, _attr_string(f.attrs, k)) for k in _attr_names(f)) if v is not None}
-        state: dict[str, str] = {}
+        state: dict[str, Any] = {}
         if "model_weights" in f:
             entries = _read_keras2(path, f["model_weights"], state)
             state[LAYOUT] = "model"
             if "optimizer_weights" in f:
-                count = _count_datasets(f["optimizer_weights"])
-                state[DROPPED_ON_READ] = f"optimizer_weights ({count} tensors): their shapes no longer match after surgery"
+                from .keras_optimizer_io import read_optimizer_weights
+
+                read_optimizer_weights(path, f["optimizer_weights"], state)
         elif _has_attr(f, "layer_names"):
             entries = _read_keras2(path, f, state)
             state[LAYOUT] = "weights"
@@ -161,7 +173,7 @@ def _read_metadata(path: Path, place: Place | None = None) -> tuple[list[Entry],
     return entries, metadata, state
 
 
-def _read_keras2(path: Path, root: Any, state: dict[str, str]) -> list[Entry]:
+def _read_keras2(path: Path, root: Any, state: dict[str, Any]) -> list[Entry]:
     layer_names = _attr_list(root, "layer_names")
     entries: list[Entry] = []
     weightless = []
@@ -197,7 +209,7 @@ def _short_names(layer: str, weight_names: list[str]) -> list[str]:
     return [p[len(layer) + 1 :] if p.startswith(layer + "/") else p for p in plain]
 
 
-def _read_keras3(path: Path, f: Any, state: dict[str, str], place: Place | None = None) -> list[Entry]:
+def _read_keras3(path: Path, f: Any, state: dict[str, Any], place: Place | None = None) -> list[Entry]:
     entries: list[Entry] = []
     skeleton: list[list[Any]] = []
     dropped = 0
@@ -210,7 +222,9 @@ def _read_keras3(path: Path, f: Any, state: dict[str, str], place: Place | None 
         for key in _ordered_keys(group, path):
             child = _hard_child(group, key, path)
             if group.name == "/" and key == "optimizer":
-                dropped += _count_datasets(child)
+                from .keras_optimizer_io import read_keras3_optimizer
+
+                dropped += read_keras3_optimizer(path, child, state, place)
                 continue
             if isinstance(child, _h5py().Dataset):
                 entries.append(_entry(path, child, prefix + key, {"keras.h5_path": child.name}, place))
@@ -224,7 +238,7 @@ def _read_keras3(path: Path, f: Any, state: dict[str, str], place: Place | None 
     walk(f, "", 0)
     state[SKELETON] = json.dumps(skeleton, ensure_ascii=False)
     if dropped:
-        state[DROPPED_ON_READ] = f"optimizer ({dropped} tensors): its state no longer matches after surgery"
+        state[DROPPED_ON_READ] = f"optimizer ({dropped} tensors): not laid out as optimizer/vars/0..N-1, so its order is unknown"
     return entries
 
 
@@ -475,6 +489,10 @@ def _write_keras2(f: Any, tree: Tree, layout: str, sources: dict, progress: Prog
             _write_dataset(group, weight_name, e, sources, progress)
             weight_names.append(weight_name)
         _write_attr_list(group, "weight_names", weight_names)
+    if layout == "model":
+        from .keras_optimizer_io import write_optimizer_weights
+
+        write_optimizer_weights(f, tree, sources)
 
 
 def _write_keras3(f: Any, tree: Tree, sources: dict, progress: Progress | None) -> None:
@@ -487,6 +505,9 @@ def _write_keras3(f: Any, tree: Tree, sources: dict, progress: Progress | None) 
             f.attrs[key] = value
     for e in tree.values():
         _write_dataset(f, str(e.attrs["keras.h5_path"]), e, sources, progress)
+    from .keras_optimizer_io import write_keras3_optimizer
+
+    write_keras3_optimizer(f, tree, sources)
 
 
 def _state(tree: Tree) -> dict[str, str]:

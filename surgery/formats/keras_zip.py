@@ -73,7 +73,7 @@ def load(path: Path) -> Tree:
 
     path = Path(path)
     config, metadata_json, weights = _read_members(path)
-    inner = keras_h5.load(path, place=_stored_range(path, weights) if _stored(weights) else _extracted(path, weights))
+    inner = keras_h5.load(path, place=_stored_range(path, weights) if _stored(weights) else _extracted(path, weights), config=config)
     if inner.format_state.get(keras_h5.LAYOUT) != "keras3":
         raise FormatError(f"{WEIGHTS} is not a Keras 3 weights file", str(path), _FIX)
     metadata = {k: v for k, v in inner.metadata.items()}

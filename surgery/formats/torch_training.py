@@ -92,6 +92,7 @@ class TrainingState:
     top: Mapping[str, Any] = field(repr=False)
     kept_tensors: tuple[tuple[Any, Entry], ...] = field(default=(), repr=False)  # (reference, entry) inside kept entries
     dropped: tuple[str, ...] = ()  # optimizers left out on purpose (--drop-optimizer)
+    framework: str = "torch"  # whose writer puts it back: "torch", or "keras" (surgery.formats.keras_training)
 
 
 @contextmanager
@@ -110,7 +111,7 @@ def without_optimizer() -> Iterator[None]:
 
 
 def training_state(tree: Tree) -> TrainingState | None:
-    """The training state a torch reader found beside the tree's state dict, if any."""
+    """The training state a reader found beside the tree's model tensors, if any (torch, or Keras: see `framework`)."""
     state = tree.format_state.get(TRAINING_KEY)
     return state if isinstance(state, TrainingState) else None
 
@@ -157,6 +158,7 @@ def describe(state: TrainingState) -> dict[str, Any]:
         ],
         "kept": list(state.kept),
         "dropped": list(state.dropped),
+        "framework": state.framework,
     }
 
 
@@ -232,6 +234,8 @@ def _kind(keys: set[str]) -> str:
 
 
 def _count_params(raw: Mapping[str, Any]) -> int:
+    if "param_groups" not in raw:  # a Keras optimizer counts its parameters when it maps them
+        return int(raw.get("parameters", 0))
     return sum(len(_group_params(g)) for g in raw["param_groups"])
 
 

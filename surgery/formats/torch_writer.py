@@ -321,7 +321,8 @@ def _training_checkpoint(tree: Tree) -> tuple[list[Storage], bytes] | None:
     """A training checkpoint's optimizer state and other entries go back around the state dict (torch_training)."""
     from .torch_training import extra_entries, pickle_checkpoint, training_state
 
-    if training_state(tree) is None:
+    state = training_state(tree)
+    if state is None or state.framework != "torch":  # a Keras optimizer has no torch.optim state dict
         return None
     storages = plan_storages(Tree([*tree.values(), *extra_entries(tree)]))
     return storages, pickle_checkpoint(tree, storages, dict(tree.metadata))

@@ -237,7 +237,7 @@ def _follow_keras_layers(old: Tree, new: Tree, report: Report) -> None:
                     targets.append(str(after.attrs["keras.layer"]))
         order = json.loads(old.format_state[_LAYER_NAMES])
         renamed = [n for layer in order for n in new_layers.get(layer, [layer])]
-        new.format_state = {**old.format_state, _LAYER_NAMES: json.dumps(list(dict.fromkeys(renamed)), ensure_ascii=False)}
+        new.format_state = {**new.format_state, _LAYER_NAMES: json.dumps(list(dict.fromkeys(renamed)), ensure_ascii=False)}  # new: it holds the renamed optimizer state
         if old.format_state.get("keras.layout") == "model":
             report.notes.append(
                 "model_config still names the old layers: load these weights into a model built with "

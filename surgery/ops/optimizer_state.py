@@ -2,12 +2,14 @@
 
 A training checkpoint read by the torch reader carries each optimizer's per-parameter tensors
 (`exp_avg`, `exp_avg_sq`, `momentum_buffer`, ...) in `tree.format_state` (see
-`surgery.formats.torch_training`). Every operation that changes a parameter calls one function
+`surgery.formats.torch_training`); a full Keras model carries its optimizer variables (`m`, `v`,
+`momentum`, `velocity`, ...) the same way (`surgery.formats.keras_training`). Every operation that changes a parameter calls one function
 here, after it has built its new tree:
 
 - `follow_classes`: subsample/upsample take the same channels of every moment; new channels start at zero;
 - `follow_removed`: strip-head/truncate drop the removed parameters' state and renumber the
-  param_groups so they still count 0..N-1 in `model.parameters()` order;
+  param_groups so they still count 0..N-1 in `model.parameters()` order (Keras: the variables
+  left keep their order, which is how Keras loads them);
 - `follow_reinit`: a re-initialised parameter (or adapt-input's new kernel) starts with zero moments;
 - `follow_renames`: renamed parameters keep their state under the new names;
 - `cast_moments`: `convert --dtype D --cast-optimizer` casts the floating moments too (without
@@ -27,6 +29,7 @@ from dataclasses import replace as _replace
 import numpy as np
 
 from ..errors import OperationError
+from ..formats.keras_training import is_moment
 from ..formats.torch_training import (
     MOMENT_KEYS,
     TRAINING_KEY,
@@ -133,9 +136,6 @@ def follow_removed(new: Tree, removed: Iterable[str], report: Report) -> Tree:
         if not gone:
             optimizers.append(o)
             continue
-        renumber = {old: new_index for new_index, old in enumerate(i for i in range(len(o.param_names)) if i not in gone)}
-        groups = [{**g, "params": [renumber[i] for i in g["params"] if i in renumber]} if isinstance(g, dict) else g for g in o.raw["param_groups"]]
-        per_param = {renumber[i]: v for i, v in o.raw["state"].items() if i in renumber}
         entries = []
         for e in o.tensors.values():
             if _owner_and_key(o, e.name)[0] in removed:
@@ -143,10 +143,22 @@ def follow_removed(new: Tree, removed: Iterable[str], report: Report) -> Tree:
             else:
                 entries.append(e)
         names = tuple(n for i, n in enumerate(o.param_names) if i not in gone)
-        raw = {**o.raw, "state": per_param, "param_groups": groups}
+        if state.framework == "torch":
+            raw = _renumbered(o.raw, gone, len(o.param_names))
+            report.notes.append(f"{o.where}: {len(gone)} parameters removed, param_groups renumbered 0..{len(names) - 1}")
+        else:  # Keras numbers nothing: the writer stores the variables left in their order
+            raw = {**o.raw, "parameters": len(names)}
+            report.notes.append(f"{o.where}: the variables of {len(gone)} removed parameters dropped, the others kept in their order")
         optimizers.append(_replace(o, param_names=names, tensors=Tree(entries, format=o.tensors.format), raw=raw))
-        report.notes.append(f"{o.where}: {len(gone)} parameters removed, param_groups renumbered 0..{len(names) - 1}")
     return _with(new, state, optimizers)
+
+
+def _renumbered(raw: Mapping, gone: set[int], count: int) -> dict:
+    """A torch.optim state dict without the `gone` parameters, the others numbered 0..N-1 in their old order."""
+    renumber = {old: new_index for new_index, old in enumerate(i for i in range(count) if i not in gone)}
+    groups = [{**g, "params": [renumber[i] for i in g["params"] if i in renumber]} if isinstance(g, dict) else g for g in raw["param_groups"]]
+    per_param = {renumber[i]: v for i, v in raw["state"].items() if i in renumber}
+    return {**raw, "state": per_param, "param_groups": groups}
 
 
 # -- shared steps ---------------------------------------------------------------------
@@ -164,7 +176,7 @@ def _edit_moments(new: Tree, params: set[str], edit: Callable[[OptimizerState, s
         replace = {}
         for e in o.tensors.values():
             owner, key = _owner_and_key(o, e.name)
-            if owner in params and key in MOMENT_KEYS:
+            if owner in params and (is_moment(e) if state.framework == "keras" else key in MOMENT_KEYS):
                 replace[e.name] = edit(o, owner, e)
         optimizers.append(_replace(o, tensors=o.tensors.derive(replace=replace)) if replace else o)
     return _with(new, state, optimizers)

@@ -35,7 +35,7 @@ from ..naming import layer_of, matches
 from ..provenance import record
 from ..report import Report
 from ..tree import DROPPED_ON_READ, Entry, Tree
-from .optimizer_state import follow_removed
+from .optimizer_state import drop_optimizer, follow_removed
 
 __all__ = ["HeadMatch", "detect_head", "score_layer", "strip_head", "truncate", "layer_order", "FAMILIES"]
 
@@ -340,6 +340,7 @@ def _remove_layers(tree: Tree, layers: Iterable[str], tensors: Iterable[str], re
         entry = tree[name]
         report.add("dropped", name, before=f"{list(entry.shape)} {entry.dtype}")
     new = tree.derive(drop=dropped, metadata=metadata)
+    new = _uncompiled(tree, new, report)  # before follow_removed: state that goes anyway need not be moved
     new = follow_removed(new, dropped, report)  # their optimizer state goes too; param_groups renumbered
     _drop_from_layer_list(new, removed)
     report.facts["removed_layers"] = [layer for layer in layer_order(tree) if layer in removed]
@@ -347,6 +348,27 @@ def _remove_layers(tree: Tree, layers: Iterable[str], tensors: Iterable[str], re
     if DROPPED_ON_READ in tree.format_state:
         report.notes.append(f"dropped {tree.format_state[DROPPED_ON_READ]}")
     return new
+
+
+def _uncompiled(old: Tree, new: Tree, report: Report) -> Tree:
+    """A Keras model whose training or compile config went with its outputs loads uncompiled,
+    so Keras would not restore its optimizer: the state goes too, said in a note."""
+    from ..formats.keras_training import keras_training
+
+    gone = any(k in old.metadata and k not in new.metadata for k in _TRAINING_KEYS) or (_compiled(old) and not _compiled(new))
+    if not gone or keras_training(new) is None or not keras_training(new).optimizers:
+        return new
+    new, dropped = drop_optimizer(new)
+    report.notes.append(f"{', '.join(dropped)} dropped with the training config: an uncompiled model has no optimizer to restore")
+    return new
+
+
+def _compiled(tree: Tree) -> bool:
+    try:
+        document = json.loads(tree.metadata.get("model_config", ""))
+    except ValueError:
+        return False
+    return isinstance(document, dict) and bool(document.get("compile_config"))
 
 
 def _drop_from_layer_list(new: Tree, removed: set[str]) -> None:
