@@ -211,10 +211,12 @@ def main() -> None:
 
 def table(results: dict) -> str:
     """BENCHMARKS.md's table: per case and cache, the references, diff, the ratios and diff's peak RSS."""
+    has_cold = any("cold" in results[c] for c in ("same", "different") if c in results)
+    cold = results["cold_repeats"] if has_cold else "no"
     lines = [
         (
             f"A {results['bytes_a'] / 1e9:.2f} GB; largest tensor {mib(results['largest_tensor_bytes'])}; "
-            f"RSS budget {mib(results['rss_budget_bytes'])} (2 x largest + 300 MB); medians of {results['repeats']} warm, {results['cold_repeats']} cold rounds"
+            f"RSS budget {mib(results['rss_budget_bytes'])} (2 x largest + 300 MB); medians of {results['repeats']} warm, {cold} cold rounds"
         ),
         "",
         "| case | cache | `cat A B` | read loop | `surgery diff` | ÷ cat | ÷ read loop | diff peak RSS | load (1 min) |",
