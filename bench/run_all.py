@@ -4,7 +4,7 @@ Each script runs in its own process with --json; this prints one Markdown sectio
 with the machine it ran on. `--quick` uses small sizes and one round, to check that every
 benchmark still runs (its figures are not for BENCHMARKS.md). `--only a,b` picks benchmarks.
 
-Usage: python bench/run_all.py [--quick] [--only paths,subsample,many,startup,scaling,inspect,...] [--workdir DIR]
+Usage: python bench/run_all.py [--quick] [--only paths,subsample,many,startup,scaling,inspect,diff,...] [--workdir DIR]
 """
 
 from __future__ import annotations
@@ -31,8 +31,9 @@ BENCHMARKS = {
     "torch_convert": ("bench_torch_convert.py", ["--repeats", "3"], ["--repeats", "1", "--large", "1"]),
     "scaling": ("bench_scaling.py", ["--sizes", "1,4,16", "--repeats", "3"], ["--sizes", "0.1,0.2", "--repeats", "1"]),
     "inspect": ("bench_inspect.py", ["--size-gb", "4", "--repeats", "10"], ["--size-gb", "0.1", "--tensors", "30", "--repeats", "1"]),
+    "diff": ("bench_diff.py", ["--repeats", "3", "--cold-repeats", "3"], ["--large", "1", "--repeats", "1", "--no-cold"]),
 }
-TAKES_WORKDIR = {"paths", "subsample", "many", "convert", "torch_convert", "scaling", "inspect"}
+TAKES_WORKDIR = {"paths", "subsample", "many", "convert", "torch_convert", "scaling", "inspect", "diff"}
 
 
 def machine() -> str:

@@ -10,7 +10,7 @@ import numpy as np
 from helpers import error_line, run
 
 from surgery.ops.diff import diff_entries, diff_trees, summarize
-from surgery.tree import Entry, Source, Tree
+from surgery.tree import Entry, FileRange, Source, Tree
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 SSD = FIXTURES / "ssd300_coco_tiny.h5"
@@ -168,3 +168,64 @@ def test_errors_are_one_line_and_exit_2(tmp_path):
 def test_help_names_the_exit_codes():
     text = run("diff", "--help").stdout
     assert "0 when every tensor is identical" in text and "2 on an error" in text
+
+
+def _raw_tree(path: Path, arrays: dict[str, np.ndarray], gap: int = 0) -> Tree:
+    """The arrays back to back in one file (after `gap` bytes each), as file-backed entries."""
+    entries, at = [], 0
+    with open(path, "wb") as f:
+        for name, array in arrays.items():
+            f.write(b"\0" * gap)
+            at += gap
+            f.write(array.tobytes())
+            entries.append(Entry(name, array.shape, array.dtype.name, FileRange(path, at, array.nbytes)))
+            at += array.nbytes
+    return Tree(entries)
+
+
+def test_every_byte_of_a_run_is_compared_whatever_the_chunk(tmp_path):
+    # Three float32 tensors back to back on both sides: one run, read in chunks of 5 bytes (not a
+    # multiple of 4), so chunk boundaries cut elements and tensors. Flipping any single byte of B
+    # is found, in exactly its tensor, with numpy's max |a-b|.
+    arrays = {"x": np.arange(3, dtype="<f4"), "y": np.arange(5, dtype="<f4") + 10, "z": np.arange(2, dtype="<f4") - 7}
+    tree_a = _raw_tree(tmp_path / "a", arrays)
+    flat = np.concatenate(list(arrays.values()))
+    owner = [name for name, a in arrays.items() for _ in range(a.nbytes)]
+    for at in range(flat.nbytes):
+        raw = bytearray(flat.tobytes())
+        raw[at] ^= 0x40
+        changed = np.frombuffer(bytes(raw), "<f4")
+        parts = dict(zip(arrays, np.split(changed, np.cumsum([a.size for a in arrays.values()])[:-1])))
+        results = {r.name: r for r in diff_trees(tree_a, _raw_tree(tmp_path / "b", parts, gap=0), chunk=5)}
+        assert [n for n, r in results.items() if not r.bit_equal] == [owner[at]], at
+        expected = float(np.abs(arrays[owner[at]].astype(np.float64) - parts[owner[at]].astype(np.float64)).max())
+        assert results[owner[at]].max_abs == expected
+        # with a gap before each tensor of B the ranges no longer line up: compared tensor by tensor
+        apart = {r.name: r for r in diff_trees(tree_a, _raw_tree(tmp_path / "c", parts, gap=3), chunk=5)}
+        assert apart == results
+
+
+def test_each_file_is_opened_once_for_the_whole_diff(tmp_path, monkeypatch):
+    from surgery.ops import diff_read
+
+    opened = []
+
+    def counting_open(path, *args, **kwargs):
+        opened.append(path)
+        return open(path, *args, **kwargs)  # the Reader closes it
+
+    monkeypatch.setattr(diff_read, "open", counting_open, raising=False)
+    arrays = {f"t{i}": np.full(10, i, dtype="<i8") for i in range(50)}
+    tree_a = _raw_tree(tmp_path / "a", arrays)
+    tree_b = _raw_tree(tmp_path / "b", arrays, gap=1)  # no run: every tensor compared on its own
+    assert summarize(diff_trees(tree_a, tree_b, chunk=16)).equal
+    assert sorted(opened) == [tmp_path / "a", tmp_path / "b"]
+
+
+def test_diff_imports_no_other_operation():
+    import subprocess
+    import sys
+
+    code = "import sys, surgery.ops.diff; print(sorted(m for m in sys.modules if m.startswith('surgery.ops')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parent.parent)
+    assert out.stdout.strip() == "['surgery.ops', 'surgery.ops.diff', 'surgery.ops.diff_read']"

@@ -1,11 +1,13 @@
 """Compare two trees tensor by tensor, streaming: what is only in one, what changed, by how much.
 
 `diff_trees` walks the names of both trees and yields one `TensorDiff` per name, so a caller
-can print as it goes. Data is read two tensors at a time, in aligned chunks of both byte
-streams (`Entry.iter_bytes`), so memory stays near two chunks for file-backed tensors, not
-two checkpoints. Each chunk pair is first compared as bytes (fast, and exact for every dtype,
-packed ones included); only chunks whose bytes differ are decoded and measured in float64
-(complex128 for complex dtypes).
+can print as it goes. Data is read in aligned chunks of both byte streams, through one
+`diff_read.Reader` per diff (each file opened once, two reused buffers), so memory stays near
+two chunks for file-backed tensors, not two checkpoints. Tensors that lie back to back in both
+files (same dtype and shape) are compared as one byte range. Each chunk pair is first compared
+as bytes (memcmp: fast, and exact for every dtype, packed ones included); a tensor is decoded
+only from its first differing chunk on, and measured there in float64 (complex128 for complex
+dtypes).
 
 Measures, per common tensor of one shape:
 - bit_equal: the bytes are the same;
@@ -24,18 +26,17 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import accumulate
 
 import numpy as np
 
 from .. import dtypes
 from ..tree import Entry, FileRange, Tree
+from .diff_read import CHUNK, Reader, aligned, item_bytes
 
 __all__ = ["STATUSES", "DiffSummary", "TensorDiff", "diff_entries", "diff_trees", "summarize"]
 
 STATUSES = ("identical", "changed", "added", "removed")
-# Bytes per side per step: small enough that a chunk is still in cache when it is compared
-# (reading 16 MiB at a time ran at half the speed here), large enough that Python's per-step cost vanishes.
-CHUNK = 1 << 20
 _ELEMENTS = 1 << 16  # elements decoded at once inside a differing chunk: float64 buffers stay in cache
 
 
@@ -86,8 +87,11 @@ class DiffSummary:
         return ", ".join(f"{n} {status}" for status, n in self.counts.items())
 
 
-def diff_trees(a: Tree, b: Tree, *, atol: float = 0.0, rtol: float = 0.0) -> Iterator[TensorDiff]:
+def diff_trees(a: Tree, b: Tree, *, atol: float = 0.0, rtol: float = 0.0, chunk: int | None = None) -> Iterator[TensorDiff]:
     """One TensorDiff per name of A (in A's order), then per name only in B (in B's order).
+
+    `chunk` is the bytes read per side at a time (default `CHUNK`); tests make it small so
+    that chunk boundaries fall inside and between tensors.
 
     Example:
         >>> import numpy as np
@@ -95,11 +99,25 @@ def diff_trees(a: Tree, b: Tree, *, atol: float = 0.0, rtol: float = 0.0) -> Ite
         >>> [d.status for d in diff_trees(t, t)]
         ['identical']
     """
-    for name, entry in a.items():
-        if name in b:
-            yield diff_entries(entry, b[name], atol=atol, rtol=rtol)
-        else:
-            yield TensorDiff(name, "removed", shape_a=entry.shape, dtype_a=entry.dtype)
+    with Reader(chunk or CHUNK) as reader:
+        run: list[tuple[Entry, Entry]] = []  # back-to-back file ranges on both sides, compared as one
+        for name, entry in a.items():
+            other = b.get(name)
+            if other is not None and _spannable(entry, other):
+                if run and not _follows(run[-1], entry, other):
+                    yield from _diff_run(run, reader, atol, rtol)
+                    run = []
+                run.append((entry, other))
+                continue
+            if run:
+                yield from _diff_run(run, reader, atol, rtol)
+                run = []
+            if other is None:
+                yield TensorDiff(name, "removed", shape_a=entry.shape, dtype_a=entry.dtype)
+            else:
+                yield _diff_pair(entry, other, reader, atol, rtol)
+        if run:
+            yield from _diff_run(run, reader, atol, rtol)
     for name, entry in b.items():
         if name not in a:
             yield TensorDiff(name, "added", shape_b=entry.shape, dtype_b=entry.dtype)
@@ -112,28 +130,91 @@ def summarize(results: Iterator[TensorDiff] | list[TensorDiff]) -> DiffSummary:
     return summary
 
 
-def diff_entries(a: Entry, b: Entry, *, atol: float = 0.0, rtol: float = 0.0) -> TensorDiff:
+def diff_entries(a: Entry, b: Entry, *, atol: float = 0.0, rtol: float = 0.0, chunk: int | None = None) -> TensorDiff:
     """Compare two tensors of one name, streaming their bytes in aligned chunks."""
-    sides = {"shape_a": a.shape, "shape_b": b.shape, "dtype_a": a.dtype, "dtype_b": b.dtype}
+    with Reader(chunk or CHUNK) as reader:
+        return _diff_pair(a, b, reader, atol, rtol)
+
+
+def _spannable(a: Entry, b: Entry) -> bool:
+    """Both sides raw file bytes of one dtype and shape: byte i of A's range is byte i of B's."""
+    return type(a.source) is FileRange and type(b.source) is FileRange and a.dtype == b.dtype and a.shape == b.shape
+
+
+def _follows(last: tuple[Entry, Entry], a: Entry, b: Entry) -> bool:
+    return all(
+        now.source.path == before.source.path and now.source.offset == before.source.offset + before.source.length  # type: ignore[attr-defined]
+        for before, now in zip(last, (a, b))
+    )
+
+
+def _diff_run(run: list[tuple[Entry, Entry]], reader: Reader, atol: float, rtol: float) -> Iterator[TensorDiff]:
+    """Tensors that lie back to back in both files, compared as one byte range.
+
+    Equal chunks need no decoding, so a run of equal tensors costs two reads and a memcmp per
+    chunk however many tensors it holds. At a differing chunk, the tensors before the first
+    differing one are identical, and that one is measured from the chunk on (its earlier bytes
+    are equal, which adds nothing to any measure); the run goes on after it.
+    """
+    range_a, range_b = run[0][0].source, run[0][1].source
+    ends = list(accumulate(a.source.length for a, _ in run))  # type: ignore[attr-defined]
+    pos, i = 0, 0
+    while i < len(run):
+        n = min(reader.chunk, ends[-1] - pos)
+        chunk_a = reader.read(0, run[i][0], range_a, range_a.offset + pos, n)  # type: ignore[attr-defined]
+        chunk_b = reader.read(1, run[i][1], range_b, range_b.offset + pos, n)  # type: ignore[attr-defined]
+        if chunk_a == chunk_b:
+            pos += n
+            while i < len(run) and ends[i] <= pos:
+                yield _identical(*run[i])
+                i += 1
+            continue
+        while True:  # a differing chunk: the first tensor whose part of it differs
+            start = ends[i] - run[i][0].source.length  # type: ignore[attr-defined]
+            lo, hi = max(start, pos) - pos, min(ends[i], pos + n) - pos
+            if chunk_a[lo:hi] != chunk_b[lo:hi]:
+                break
+            yield _identical(*run[i])
+            i += 1
+        a, b = run[i]
+        yield _diff_pair(a, b, reader, atol, rtol, skip=(pos + lo - start) // item_bytes(a.dtype))
+        pos = ends[i]
+        i += 1
+
+
+def _identical(a: Entry, b: Entry) -> TensorDiff:
+    return _result(a, b, _Measure(a.dtype, b.dtype, 0.0, 0.0, measurable=not dtypes.get(a.dtype).packed), ())
+
+
+def _diff_pair(a: Entry, b: Entry, reader: Reader, atol: float, rtol: float, skip: int = 0) -> TensorDiff:
+    """Compare two tensors of one name; elements before `skip` are known to be bit-equal."""
     if a.shape != b.shape:
+        sides = {"shape_a": a.shape, "shape_b": b.shape, "dtype_a": a.dtype, "dtype_b": b.dtype}
         return TensorDiff(a.name, "changed", **sides, reasons=("shape",))
     reasons = ("dtype",) if a.dtype != b.dtype else ()
     packed = dtypes.get(a.dtype).packed or dtypes.get(b.dtype).packed
-    if packed and reasons:  # packed floats have no array form: nothing to measure across dtypes
-        return TensorDiff(a.name, "changed", **sides, reasons=reasons)
     measure = _Measure(a.dtype, b.dtype, atol, rtol, measurable=not packed)
-    for chunk_a, chunk_b in _aligned(a, b):
-        measure.add(chunk_a, chunk_b)
+    if not (packed and reasons):  # packed floats have no array form: nothing to measure across dtypes
+        for chunk_a, chunk_b in aligned(reader, a, b, skip):
+            measure.add(chunk_a, chunk_b)
+    return _result(a, b, measure, reasons)
+
+
+def _result(a: Entry, b: Entry, measure: _Measure, reasons: tuple[str, ...]) -> TensorDiff:
+    sides = {"shape_a": a.shape, "shape_b": b.shape, "dtype_a": a.dtype, "dtype_b": b.dtype}
+    if reasons and not measure.measurable:
+        return TensorDiff(a.name, "changed", **sides, reasons=reasons)
     if not measure.close:
         reasons += ("values",)
+    measured = measure.measurable
     return TensorDiff(
         a.name,
         "changed" if reasons else "identical",
         **sides,
         bit_equal=measure.bit_equal and a.dtype == b.dtype,
-        max_abs=measure.max_abs if not packed else None,
-        mean_abs=(measure.sum_abs / a.numel if a.numel else 0.0) if not packed else None,
-        rel_max=measure.max_rel if not packed else None,
+        max_abs=measure.max_abs if measured else None,
+        mean_abs=(measure.sum_abs / a.numel if a.numel else 0.0) if measured else None,
+        rel_max=measure.max_rel if measured else None,
         reasons=reasons,
     )
 
@@ -220,81 +301,6 @@ class _Measure:
             self.max_abs = max(self.max_abs, float(delta.max()))
             self.sum_abs += float(delta.sum())
             self.max_rel = max(self.max_rel, float(relative.max()))
-
-
-def _aligned(a: Entry, b: Entry) -> Iterator[tuple[bytes | bytearray, bytes | bytearray]]:
-    """Both byte streams cut at the same element boundaries, whatever chunks each source yields."""
-    item_a = max(dtypes.get(a.dtype).bits // 8, 1)
-    item_b = max(dtypes.get(b.dtype).bits // 8, 1)
-    elements = max(CHUNK // max(item_a, item_b), 1)
-    stream_a, stream_b = _stream(a), _stream(b)
-    try:
-        while True:
-            chunk_a, chunk_b = stream_a.take(elements * item_a), stream_b.take(elements * item_b)
-            if not chunk_a and not chunk_b:
-                return
-            yield chunk_a, chunk_b
-    finally:
-        stream_a.close()
-        stream_b.close()
-
-
-def _stream(entry: Entry) -> _FileChunks | _Rechunk:
-    source = entry.source
-    if type(source) is FileRange:
-        return _FileChunks(entry, source)
-    return _Rechunk(entry.iter_bytes())
-
-
-class _FileChunks:
-    """A file range read into one reused buffer: no new allocation (and page faults) per chunk.
-
-    Each chunk is valid until the next `take`, which is all the comparison needs.
-    """
-
-    def __init__(self, entry: Entry, source: FileRange) -> None:
-        self.entry, self.source, self.left = entry, source, source.length
-        self.file = open(source.path, "rb", buffering=0)  # noqa: SIM115 - closed by close()
-        self.file.seek(source.offset)
-        self.buffer = bytearray()
-
-    def take(self, n: int) -> bytearray:
-        n = min(n, self.left)
-        if len(self.buffer) != n:
-            self.buffer = bytearray(n)
-        view, got = memoryview(self.buffer), 0
-        while got < n:
-            k = self.file.readinto(view[got:])
-            if not k:
-                raise self.source._truncated(self.entry, self.left - got)
-            got += k
-        self.left -= n
-        return self.buffer
-
-    def close(self) -> None:
-        self.file.close()
-
-
-class _Rechunk:
-    """Takes exactly n bytes at a time from an iterator of chunks (fewer only at the end)."""
-
-    def __init__(self, chunks: Iterator[memoryview]) -> None:
-        self.chunks, self.pending = chunks, memoryview(b"")
-
-    def take(self, n: int) -> bytes:
-        parts, have = [self.pending] if len(self.pending) else [], len(self.pending)
-        for chunk in self.chunks if have < n else ():
-            chunk = memoryview(chunk).cast("B")
-            parts.append(chunk)
-            have += len(chunk)
-            if have >= n:
-                break
-        joined = b"".join(parts)
-        self.pending = memoryview(joined)[n:]
-        return joined[:n]
-
-    def close(self) -> None:
-        pass
 
 
 def _little(name: str) -> np.dtype:
