@@ -116,6 +116,14 @@ def _runs(picks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return starts, picks[starts], lengths
 
 
+def _bytes_of(array: np.ndarray) -> memoryview:
+    """The bytes of a C-contiguous array, as a view to read into."""
+    return memoryview(array.reshape(-1).view(np.uint8))
+
+
+_PREADV = hasattr(os, "preadv")
+
+
 def in_requested_order(kept: np.ndarray, unique: list[int], indices: Sequence[int], axis: int) -> np.ndarray:
     """`kept` holds the slices `unique` (sorted, no repeats) along `axis`; put them in `indices`' order.
 
@@ -209,10 +217,12 @@ class FileRange(Source):
         streamed = self.length + (self.length // _TAKE_BLOCK + 1) * _READ_COST
         with open(self.path, "rb", buffering=0) as f:
             if by_runs <= streamed:
+                into = _bytes_of(out)  # slices of one view: a read per run costs no numpy call
+                runs = list(zip((starts * slice_bytes).tolist(), (firsts * slice_bytes).tolist(), (lengths * slice_bytes).tolist()))
                 for row in range(outer):
-                    base = self.offset + row * size * slice_bytes
-                    for at, first, n in zip(starts.tolist(), firsts.tolist(), lengths.tolist()):
-                        self._read_exactly(f, entry, base + first * slice_bytes, out[row, at : at + n])
+                    base, at_row = self.offset + row * size * slice_bytes, row * len(picks) * slice_bytes
+                    for at, first, n in runs:
+                        self._read_exactly(f, entry, base + first, into[at_row + at : at_row + at + n])
             else:
                 self._stream_take(f, entry, picks, out, size, slice_bytes)
         return out.reshape(shape).astype(kind.numpy(), copy=False)
@@ -224,33 +234,41 @@ class FileRange(Source):
         if row_bytes <= _TAKE_BLOCK:  # blocks of whole outer rows; numpy gathers each into its place in `out`
             rows = _TAKE_BLOCK // row_bytes
             part = np.empty((min(rows, outer), size, inner), dtype=out.dtype)
+            into = _bytes_of(part)
             for first in range(0, outer, rows):
                 n = min(rows, outer - first)
-                self._read_exactly(f, entry, self.offset + first * row_bytes, part[:n])
+                self._read_exactly(f, entry, self.offset + first * row_bytes, into[: n * row_bytes])
                 np.take(part[:n], picks, axis=1, out=out[first : first + n], mode="wrap")
             return
         # An outer row larger than a block: blocks of slices; those holding no pick are not read.
-        order = np.argsort(picks, kind="stable")
+        in_order = bool(np.all(picks[1:] >= picks[:-1]))
+        order = np.arange(len(picks)) if in_order else np.argsort(picks, kind="stable")
         ordered = picks[order]
         step = max(1, _TAKE_BLOCK // slice_bytes)
         part = np.empty((min(step, size), inner), dtype=out.dtype)
+        into = _bytes_of(part)
         for row in range(outer):
             for first in range(0, size, step):
-                lo, hi = np.searchsorted(ordered, [first, first + step])
+                lo, hi = np.searchsorted(ordered, [first, first + step]).tolist()
                 if lo == hi:
                     continue
                 n = min(step, size - first)
-                self._read_exactly(f, entry, self.offset + row * row_bytes + first * slice_bytes, part[:n])
-                out[row, order[lo:hi]] = part[ordered[lo:hi] - first]
+                self._read_exactly(f, entry, self.offset + row * row_bytes + first * slice_bytes, into[: n * slice_bytes])
+                if in_order:  # the picks of this block fill out[row, lo:hi]: gather straight into it
+                    np.take(part[:n], ordered[lo:hi] - first, axis=0, out=out[row, lo:hi], mode="wrap")
+                else:
+                    out[row, order[lo:hi]] = part[ordered[lo:hi] - first]
 
-    def _read_exactly(self, f, entry: Entry, offset: int, into: np.ndarray) -> None:
-        view = memoryview(into.reshape(-1).view(np.uint8))  # `into` is C-contiguous: a view, no copy
-        f.seek(offset)
-        while view:  # a raw read may return less than asked (Linux caps one read near 2 GiB)
-            got = f.readinto(view)
+    def _read_exactly(self, f, entry: Entry, offset: int, view: memoryview) -> None:
+        while view:  # a read may return less than asked (Linux caps one read near 2 GiB)
+            if _PREADV:  # one call, no seek
+                got = os.preadv(f.fileno(), [view], offset)
+            else:
+                f.seek(offset)
+                got = f.readinto(view)
             if not got:
                 raise self._truncated(entry, len(view))
-            view = view[got:]
+            view, offset = view[got:], offset + got
 
     def _truncated(self, entry: Entry, left: int) -> CorruptFileError:
         return CorruptFileError(

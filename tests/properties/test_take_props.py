@@ -39,8 +39,11 @@ def takes(draw, dtype_names=INDEXABLE):
 
 
 # Block sizes and read costs that send a take down each path: runs (cost 0), streaming (a huge
-# cost), whole rows per block or blocks of slices (a block of a few bytes), and the defaults.
-costs = st.fixed_dictionaries({"_TAKE_BLOCK": st.sampled_from([1, 3, 8, 40, tree._TAKE_BLOCK]), "_READ_COST": st.sampled_from([0, 1 << 40, tree._READ_COST])})
+# cost), whole rows per block or blocks of slices (a block of a few bytes), and the defaults;
+# with and without os.preadv.
+costs = st.fixed_dictionaries(
+    {"_TAKE_BLOCK": st.sampled_from([1, 3, 8, 40, tree._TAKE_BLOCK]), "_READ_COST": st.sampled_from([0, 1 << 40, tree._READ_COST]), "_PREADV": st.booleans()}
+)
 
 
 def _raw(draw, dtype: str, shape) -> bytes:
