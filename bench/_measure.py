@@ -16,11 +16,18 @@ TIME = shutil.which("time", path="/usr/bin:/bin")
 
 
 def run_measured(argv: list[str]) -> tuple[float, int]:
-    """Run argv to completion; return (wall seconds, peak RSS in bytes) of that command.
+    """Run argv to completion; return (wall seconds, peak RSS in bytes) of that command."""
+    wall, _, peak = run_measured_cpu(argv)
+    return wall, peak
+
+
+def run_measured_cpu(argv: list[str]) -> tuple[float, float, int]:
+    """Run argv to completion; return (wall seconds, CPU seconds, peak RSS in bytes) of that command.
 
     Peak RSS comes from GNU time (%M) when present. Linux carries a forked child's
     pre-exec peak into its rusage, so a child forked straight from this (larger)
     Python process would report our RSS instead of its own; time forks from a tiny process.
+    CPU time is user + system of the command and every child it waited for (rusage of wait4).
     """
     wrapped = [TIME, "-f", "%M", *argv] if TIME else argv
     start = time.perf_counter()
@@ -31,7 +38,7 @@ def run_measured(argv: list[str]) -> tuple[float, int]:
     if os.waitstatus_to_exitcode(status):
         sys.exit(f"benchmark step failed: {' '.join(argv)}\n{err}")
     kilobytes = int(err.strip().splitlines()[-1]) if TIME else usage.ru_maxrss
-    return wall, kilobytes * 1024
+    return wall, usage.ru_utime + usage.ru_stime, kilobytes * 1024
 
 
 def best_of(repeats: int, argv: list[str], cleanup: Path) -> dict[str, float]:
@@ -49,23 +56,24 @@ def round_robin(cmds: dict[str, list[str]], repeats: int, before: Callable[[str]
     """Every command once per round, in turn, so slow spells of a shared machine hit all alike.
 
     `before(name)` runs untimed before each run (delete an output, sync). Returns per command the
-    median wall time, every round's time, the largest peak RSS and the 1-minute load average
-    recorded before each run.
+    median wall time, every round's time, the median CPU time, the largest peak RSS and the
+    1-minute load average recorded before each run.
     """
-    runs: dict[str, list[tuple[float, int, float]]] = {name: [] for name in cmds}
+    runs: dict[str, list[tuple[float, int, float, float]]] = {name: [] for name in cmds}
     for _ in range(repeats):
         for name, argv in cmds.items():
             if before is not None:
                 before(name)
             load = os.getloadavg()[0]
-            wall, peak = run_measured(argv)
-            runs[name].append((wall, peak, load))
+            wall, cpu, peak = run_measured_cpu(argv)
+            runs[name].append((wall, peak, load, cpu))
     return {
         name: {
-            "wall_s": statistics.median(w for w, _, _ in r),
-            "walls_s": [round(w, 3) for w, _, _ in r],
-            "peak_rss_bytes": max(p for _, p, _ in r),
-            "load_1min": [round(la, 2) for _, _, la in r],
+            "wall_s": statistics.median(w for w, _, _, _ in r),
+            "walls_s": [round(w, 3) for w, _, _, _ in r],
+            "cpu_s": statistics.median(c for _, _, _, c in r),
+            "peak_rss_bytes": max(p for _, p, _, _ in r),
+            "load_1min": [round(la, 2) for _, _, la, _ in r],
         }
         for name, r in runs.items()
     }
