@@ -16,11 +16,12 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from .strategies import RawBytes
 from surgery import dtypes, tree
 from surgery.formats import h5_take
 from surgery.formats.keras_h5 import H5Dataset, Place
 from surgery.tree import Entry, FileRange
+
+from .strategies import RawBytes
 
 INDEXABLE = sorted(n for n in dtypes.DTYPES if dtypes.get(n).numpy_native or n in ("bfloat16", "float8_e4m3fn", "float8_e5m2"))
 NATIVE = [n for n in INDEXABLE if dtypes.get(n).numpy_native]  # what HDF5 files hold (Keras stores no bfloat16 datasets)
@@ -34,7 +35,7 @@ def takes(draw, dtype_names=INDEXABLE):
     size = shape[axis]
     indices = draw(st.lists(st.integers(-size, size - 1), max_size=10)) if size else []
     if draw(st.booleans()):
-        indices = sorted(set(i % size for i in indices))  # --num-classes picks: sorted, no repeats
+        indices = sorted({i % size for i in indices})  # --num-classes picks: sorted, no repeats
     return draw(st.sampled_from(dtype_names)), shape, axis, indices
 
 
