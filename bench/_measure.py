@@ -30,6 +30,7 @@ def run_timed(argv: list[str]) -> tuple[float, float, int]:
     Peak RSS comes from GNU time (%M) when present. Linux carries a forked child's
     pre-exec peak into its rusage, so a child forked straight from this (larger)
     Python process would report our RSS instead of its own; time forks from a tiny process.
+    CPU time is user + system of the command and every child it waited for (rusage of wait4).
     """
     wrapped = [TIME, "-f", "%M", *argv] if TIME else argv
     start = time.perf_counter()

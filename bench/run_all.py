@@ -25,7 +25,7 @@ sys.path.insert(0, str(HERE))
 BENCHMARKS = {
     "startup": ("bench_startup.py", ["--runs", "10"], ["--runs", "3"]),
     "paths": ("bench_paths.py", ["--size-gb", "4.2", "--repeats", "3"], ["--size-gb", "0.2", "--repeats", "1"]),
-    "subsample": ("bench_subsample.py", ["--repeats", "3"], ["--repeats", "1", "--classes", "20000", "--keep", "3000"]),
+    "subsample": ("bench_subsample.py", ["--repeats", "5"], ["--repeats", "1", "--classes", "20000", "--keep", "3000"]),
     "many": ("bench_many.py", ["--tensors", "50000", "--repeats", "5"], ["--tensors", "2000", "--repeats", "1"]),
     "convert": ("bench_convert.py", ["--size-gb", "4.2", "--repeats", "3"], ["--size-gb", "0.2", "--repeats", "1"]),
     "torch_convert": ("bench_torch_convert.py", ["--repeats", "3"], ["--repeats", "1", "--large", "1"]),

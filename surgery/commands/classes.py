@@ -182,7 +182,7 @@ def _background_hint(plan) -> str:
 
 def _warn_about_selection(plan) -> None:
     """Selections that are valid but rarely meant: they draw a warning, not an error."""
-    if list(plan.classes) == list(range(plan.source_classes)):
+    if len(plan.classes) == plan.source_classes and list(plan.classes) == list(range(plan.source_classes)):
         _warn(f"--classes keeps all {plan.source_classes} classes in their order: the heads are copied unchanged")
     elif plan.background_first and list(plan.classes) == [0]:
         _warn("--classes keeps only class 0, the background: the model would detect nothing")

@@ -44,7 +44,8 @@ from ..errors import CorruptFileError, FormatError, OutputError
 from ..guard import run_guarded
 from .h5_files import Place, _Opened  # noqa: F401 (Place: keras_zip builds it as keras_h5.Place)
 from ..naming import layer_of
-from ..tree import DROPPED_ON_READ, KERAS, TORCH, Entry, Source, Tree, in_requested_order
+from ..tree import DROPPED_ON_READ, KERAS, TORCH, Entry, Source, Tree
+from . import h5_take
 from ._errors import H5_ERRORS, corrupt_error, corrupt_on, is_disk_full
 
 NAME = "keras_h5"
@@ -105,19 +106,9 @@ class H5Dataset(Source):
         return array.astype(array.dtype.newbyteorder("="), copy=False)
 
     def read_take(self, entry: Entry, indices, axis: int) -> np.ndarray:
-        # h5py reads a sorted list of indices on one axis (HDF5 hyperslabs), chunk by chunk, without
-        # the rest of the dataset; the requested order and repeats are restored in memory.
-        if not entry.shape or not len(indices):
-            return super().read_take(entry, indices, axis)
-        unique = sorted(set(int(i) for i in indices))
-        where = tuple(unique if ax == axis else slice(None) for ax in range(len(entry.shape)))
-        try:
-            with _Opened(self.path, self.place) as f:
-                kept = np.asarray(f[self.dataset][where])
-        except (OSError, KeyError, ValueError, TypeError) as e:
-            raise CorruptFileError(f"cannot read dataset {self.dataset!r} ({e})", str(self.path), _FIX) from e
-        out = in_requested_order(kept, unique, indices, axis)
-        return out.astype(out.dtype.newbyteorder("="), copy=False)
+        # Only the kept slices are read: in place for plain contiguous storage, else by HDF5's own
+        # selection (see h5_take for when each pays).
+        return h5_take.read_take(self, entry, indices, axis, _FIX)
 
     def paths(self) -> tuple[Path, ...]:
         return (self.path,)
@@ -129,6 +120,9 @@ def load(path: Path, *, place: Place | None = None, config: str | None = None) -
     path = Path(path)
     # HDF5 can spin on a hostile file while holding the GIL: the metadata is read in a
     # watched child process (surgery.guard), which Ctrl-C and a time limit can stop.
+    # h5py is imported here, before the fork: the child inherits it instead of importing it
+    # again, and the parent needs it anyway to read the data (the second import took 0.08 s).
+    _h5py()
     entries, metadata, state = run_guarded(_read_metadata, path, place, where=str(path), what="reading the HDF5 metadata", fix=_FIX)
     raw = state.pop(OPTIMIZER_RAW, [])
     if place is not None:  # the entries came back from the child with copies: share the one place, whose life keeps a temporary copy

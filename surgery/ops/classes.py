@@ -107,7 +107,7 @@ class ClassPlan:
 
     @property
     def adds_classes(self) -> bool:
-        return any(c is None for c in self.classes)
+        return None in self.classes  # a C-level scan: plans of 250,000-class heads ask several times
 
     @property
     def background_first(self) -> bool:
@@ -294,9 +294,9 @@ def _pick_classes(
     seed = 0 if seed is None else seed
     background = next((c.row.background for c in chosen if c.row), "none")
     keep = {"first": [0], "last": [K - 1]}.get(background, [])
-    pool = np.array([k for k in range(K) if k not in keep])
+    pool = np.delete(np.arange(K), keep)  # the same pool as a Python filter, without 250,000 steps in Python
     rng = np.random.default_rng(seed)
-    picked = sorted(int(k) for k in rng.choice(pool, num_classes - len(keep), replace=False))
+    picked = np.sort(rng.choice(pool, num_classes - len(keep), replace=False)).tolist()
     notes.append(f"picked {num_classes} of {K} classes at random with seed {seed}" + (f", keeping background {keep[0]}" if keep else ""))
     return sorted(keep + picked)
 
@@ -387,7 +387,7 @@ def _computer(e: Entry, lp: LayerPlan, init: str, copy_of: int | None, seed: int
         if new and copy_of is None and init == "mean":  # the mean of old classes needs them all
             source = e.read()
             out = np.take(source, taken, axis=ax)
-        else:  # read only the kept classes' slices (a 30,000-of-250,000 head reads 12% of its bytes)
+        else:  # read only the kept classes' slices where the source can: memory stays near the output
             source = None
             out = e.take(taken, ax)
         if new and copy_of is None:
