@@ -18,8 +18,8 @@ Elsewhere this is a no-op and the closing fsync does all the work, as before.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -34,8 +34,12 @@ _SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>: start writeback of dirty pages in th
 
 
 def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None  # a Linux call; elsewhere the closing fsync does all the work
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        # The C library the interpreter is linked with, by dlopen(NULL): ctypes.util.find_library
+        # would cost every command tens of milliseconds of start-up (it imports and runs more).
+        libc = ctypes.CDLL(None, use_errno=True)
         function = libc.sync_file_range
     except (OSError, AttributeError):
         return None
