@@ -15,7 +15,12 @@ from hypothesis import strategies as st
 
 from surgery.errors import CorruptFileError
 from surgery.formats import zip_stored
-from surgery.formats.zip_stored import StoredZipWriter, file_crc32, local_header_size, stored_member_crc
+from surgery.formats.zip_stored import (
+    StoredZipWriter,
+    file_crc32,
+    local_header_size,
+    stored_member_crc,
+)
 from surgery.tree import Entry, FileRange
 
 WAYS = ("bytes", "chunks", "range")

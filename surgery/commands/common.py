@@ -207,7 +207,9 @@ def _apply_layout(tree, layout: str | None, from_layout: str | None, flatten_sha
         if given:
             raise usage_error(f"{given[0]} only applies with --layout: add --layout torch or --layout keras")
         return tree, None
-    from ..ops.layout import convert_layout, parse_flatten_shape, parse_rules  # here, not above: start-up of plain converts
+    # Imported here, after the early return: a plain convert then never loads the operations package.
+    from ..ops.layout import convert_layout, parse_flatten_shape, parse_rules
+
     rules = None
     if rules_file is not None:
         kind = "toml" if rules_file.suffix.lower() == ".toml" else "json"

@@ -81,7 +81,8 @@ def convert(
     tree, layout_report = _apply_layout(tree, layout, from_layout, flatten_shapes, rules_file, transposed, depthwise)
     cast_report = None
     if dtype:
-        from ..ops import cast_floating  # only here: the operations package costs a plain convert ~50 ms of start-up
+        # Only here: importing the operations package costs a plain convert ~50 ms of start-up.
+        from ..ops import cast_floating
 
         tree, cast_report = cast_floating(tree, dtype)
         if cast_optimizer:

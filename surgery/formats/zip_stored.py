@@ -30,9 +30,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import CorruptFileError
 from ..tree import Entry, FileRange, write_all
+
+if TYPE_CHECKING:
+    from typing import Self  # Python 3.11+; annotations are not evaluated at run time
 
 try:
     from isal.isal_zlib import crc32
@@ -130,7 +134,7 @@ class StoredZipWriter:
         self._pool: ThreadPoolExecutor | None = None
         self._stop = threading.Event()  # set on the way out: a CRC still running gives up at its next window
 
-    def __enter__(self) -> StoredZipWriter:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, kind: object, *_: object) -> None:
