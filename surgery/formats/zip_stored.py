@@ -198,7 +198,7 @@ class StoredZipWriter:
         self.crcs()
         for m in self.members:
             if m.crc != m.in_header:
-                os.pwrite(self.fd, struct.pack("<I", m.crc), m.offset + _CRC_AT)
+                _write_at(self.fd, struct.pack("<I", m.crc), m.offset + _CRC_AT)
         start = self.offset
         directory = b"".join(m.central_entry() for m in self.members)
         write_all(self.fd, directory + _end_records(len(self.members), start, len(directory)))
@@ -218,6 +218,16 @@ class StoredZipWriter:
         if self._pool is None:  # one thread: CRCs of one stream must run in order, and the copy takes the other core
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="surgery-crc32")
         return self._pool
+
+
+def _write_at(fd: int, data: bytes, offset: int) -> None:
+    if hasattr(os, "pwrite"):
+        os.pwrite(fd, data, offset)
+        return
+    here = os.lseek(fd, 0, os.SEEK_CUR)  # Windows has no pwrite: seek there and back
+    os.lseek(fd, offset, os.SEEK_SET)
+    write_all(fd, data)
+    os.lseek(fd, here, os.SEEK_SET)
 
 
 def _end_records(count: int, start: int, size: int) -> bytes:
