@@ -4,7 +4,8 @@ Method (also in BENCHMARKS.md):
   1. A child process generates a sharded safetensors checkpoint of SIZE bytes (default 4.2 GB):
      seeded float32 tensors of 64-256 MiB named like a torchvision classifier (`layer{i}.weight`)
      plus a head (`fc.weight`, `fc.bias`), in 1 GB shards; `surgery convert` joins it into one
-     file (untimed). Every input is read once, so the page cache is warm for every command alike.
+     file (untimed; then the shards are deleted unless the sharded -> single case runs). Every input
+     is read once, so the page cache is warm for every command alike.
   2. `--repeats` rounds; in each round every command runs once in a fresh process, in turn, so a
      slow spell of a shared machine hits all of them. Before each run its output is deleted and
      `sync` runs (untimed), so no run pays for the write-back of the one before; each output is
@@ -19,7 +20,8 @@ Method (also in BENCHMARKS.md):
      with it, against plain cp in the same rounds (target: <= 1.2x cp); `--no-sync-only` runs
      just those two per case. Both skip the flush, so both are timed without it; the untimed
      `sync` before the next run writes their data back.
-  3. Wall time is the median of the rounds; peak RSS is GNU time's %M, the largest over the rounds.
+  3. Wall time is the median of the rounds; peak RSS is GNU time's %M, the largest over the rounds;
+     the 1-minute load average is recorded before every run (its range is printed).
   4. Checks: the .pt output loads with torch.load(weights_only=True) and equals the source
      (when torch is installed); the round trip single -> sharded is bit-exact.
 Every file lives in a temporary folder under --workdir (default: the system's), deleted at the end.
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -140,22 +143,28 @@ def main() -> None:
         shards, single = work / "shards", work / "one.safetensors"
         subprocess.run([sys.executable, __file__, "--generate", str(shards), "--size-gb", str(args.size_gb)], check=True)
         subprocess.run(surgery_argv("convert", str(shards), "-o", str(single), "-q"), check=True)
-        warm(shards)
+        if "sharded_to_single" in cases:
+            warm(shards)
+        else:  # only that case reads the shards: free their disk space for the outputs
+            remove(shards)
         warm(single)
         no_sync = _has_no_sync()
         if args.no_sync_only and not no_sync:
             sys.exit("--no-sync-only: this surgery has no --no-sync")
         commands = _commands(work, shards, single, no_sync, args.no_sync_only)
         measured: dict[str, dict[str, list[tuple[float, int]]]] = {c: {k: [] for k in commands[c]} for c in cases}
+        loads: list[float] = []  # the 1-minute load average before each run: other work on the machine
         for k in range(args.repeats):
             for c in cases:
                 for label, (argv, output) in commands[c].items():
                     remove(output)
                     subprocess.run(["sync"], check=True)
+                    loads.append(os.getloadavg()[0])
                     measured[c][label].append(run_measured(argv))
                     if not (c == "safetensors_to_pt" and label.startswith("surgery") and k == args.repeats - 1):
                         remove(output)  # at once: one output on disk at a time (the last .pt is kept for the check)
-        results = {"bytes": single.stat().st_size, "largest_tensor_bytes": LARGEST, "repeats": args.repeats}
+        results = {"bytes": single.stat().st_size, "largest_tensor_bytes": LARGEST, "repeats": args.repeats,
+                   "load_1min": [min(loads), max(loads)]}
         for c in cases:
             row = {}
             for label, runs in measured[c].items():
@@ -180,7 +189,9 @@ def table(results: dict) -> str:
     cases = [c for c in CASES if c in results]
     durable = [c for c in cases if "surgery" in results[c]]
     no_sync = [c for c in cases if "surgery_no_sync" in results[c]]
-    parts = [_durable_table(results, durable)] if durable else []
+    low, high = results["load_1min"]
+    parts = [f"1-minute load average before the runs: {low:.1f}–{high:.1f}"]
+    parts += [_durable_table(results, durable)] if durable else []
     if no_sync:
         parts.append(_no_sync_table(results, no_sync))
     return "\n\n".join(parts)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -33,9 +34,11 @@ _SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>: start writeback of dirty pages in th
 
 
 def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
-    # CDLL(None) is the running process, which has libc loaded: its symbols without
-    # ctypes.util.find_library, which starts ldconfig (a process) on every run.
+    if not sys.platform.startswith("linux"):
+        return None  # a Linux call; elsewhere the closing fsync does all the work
     try:
+        # The C library the interpreter is linked with, by dlopen(NULL): ctypes.util.find_library
+        # would cost every command tens of milliseconds of start-up (it imports and runs more).
         libc = ctypes.CDLL(None, use_errno=True)
         function = libc.sync_file_range
     except (OSError, AttributeError):

@@ -15,7 +15,7 @@ import surgery.torch
 from helpers import error_line, leftovers, run
 from surgery.errors import CorruptFileError, OutputError
 from surgery.formats import torch_writer
-from surgery.tree import KERAS, TORCH, Entry, Source, Tree
+from surgery.tree import KERAS, TORCH, Entry, FileRange, Source, Tree
 
 torch = pytest.importorskip("torch")
 
@@ -221,6 +221,78 @@ def test_zip64_members_and_archive_load_in_torch(tmp_path, monkeypatch):
     assert_same(torch.load(tmp_path / "out.pt", weights_only=True), sd)
     with zipfile.ZipFile(tmp_path / "out.pt") as z:
         assert z.testzip() is None
+
+
+def rebuilt_with_zipfile(path, out) -> bytes:
+    """The archive's members (names, torch's padding fields, data) written again by zipfile: the reference bytes."""
+    data = path.read_bytes()
+    with open(out, "wb") as f, zipfile.ZipFile(path) as ours, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as z:
+        for info in ours.infolist():
+            name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26 : info.header_offset + 30])
+            local_extra = data[info.header_offset + 30 + name_len :][:extra_len]
+            assert local_extra[:2] == b"FB"
+            again = zipfile.ZipInfo(info.filename)
+            again.file_size = info.file_size
+            again.extra = local_extra[: 4 + struct.unpack("<H", local_extra[2:4])[0]]  # the padding field, not Zip64's
+            with z.open(again, "w") as member:
+                member.write(ours.read(info))
+    return out.read_bytes()
+
+
+@pytest.mark.parametrize("limit", [None, 1000])
+@pytest.mark.parametrize("source", ["pt", "safetensors", "arrays"])
+def test_whole_archive_is_what_zipfile_writes(tmp_path, monkeypatch, source, limit):
+    # Kernel-copied members (from .pt and .safetensors), streamed ones (arrays), and with a
+    # lowered Zip64 limit every member and offset past 1000 bytes on zipfile's Zip64 paths.
+    from safetensors.torch import save_file
+
+    sd = {**every_dtype(), "big": torch.randn(64, 32)}
+    if source == "arrays":
+        tree = Tree([Entry.from_array(k, surgery.torch.from_state_dict({k: v})[k].read()) for k, v in sd.items()], convention=TORCH)
+    else:
+        (torch.save if source == "pt" else save_file)(sd, tmp_path / f"src.{source}")
+        tree = surgery.load(tmp_path / f"src.{source}")
+    if limit:
+        monkeypatch.setattr(zipfile, "ZIP64_LIMIT", limit)
+    surgery.save(tree, tmp_path / "out.pt")
+    assert (tmp_path / "out.pt").read_bytes() == rebuilt_with_zipfile(tmp_path / "out.pt", tmp_path / "again.pt")
+    monkeypatch.undo()
+    assert_same(torch.load(tmp_path / "out.pt", weights_only=True), sd, order=list(tree))
+
+
+def test_pt_to_pt_reuses_the_source_crcs(tmp_path, monkeypatch):
+    from surgery.formats import zip_stored
+
+    def computed(*args):
+        raise AssertionError("a CRC was computed although the source zip records it")
+
+    sd = {**trained_model().state_dict(), "empty": torch.zeros(0, 3), "tied": torch.ones(4)}
+    sd["tied_too"] = sd["tied"]
+    torch.save(sd, tmp_path / "src.pt")
+    monkeypatch.setattr(zip_stored, "_file_crc", computed)
+    surgery.save(surgery.load(tmp_path / "src.pt"), tmp_path / "out.pt")
+    with zipfile.ZipFile(tmp_path / "out.pt") as z:
+        assert z.testzip() is None
+    assert_same(torch.load(tmp_path / "out.pt", weights_only=True), sd)
+
+
+def test_safetensors_tensors_are_copied_by_the_kernel_with_crcs_beside_the_copy(tmp_path, monkeypatch):
+    from safetensors.torch import save_file
+
+    from surgery.formats import zip_stored
+
+    sd = {"a": torch.randn(300, 7), "b": torch.arange(10), "empty": torch.zeros(0)}
+    save_file(sd, tmp_path / "src.safetensors")
+    copied, crcs = [], []
+    real_copy, real_crc = FileRange.copy_into, zip_stored._file_crc
+    monkeypatch.setattr(FileRange, "copy_into", lambda self, *a: copied.append(self.length) or real_copy(self, *a))
+    monkeypatch.setattr(zip_stored, "_file_crc", lambda *a: crcs.append(a[2]) or real_crc(*a))
+    tree = surgery.load(tmp_path / "src.safetensors")
+    surgery.save(tree, tmp_path / "out.pt")
+    assert sorted(copied) == sorted(crcs) == [0, 80, 8400]
+    with zipfile.ZipFile(tmp_path / "out.pt") as z:
+        assert z.testzip() is None
+    assert_same(torch.load(tmp_path / "out.pt", weights_only=True), sd, order=list(tree))
 
 
 # -- refusals -----------------------------------------------------------------------

@@ -131,6 +131,8 @@ def name_options(f: Callable) -> Callable:
 
 def _apply_name_options(tree, strip_prefix: str | None, drop: tuple[str, ...], keep: tuple[str, ...]) -> tuple[Any, list]:
     """--strip-prefix first, then --keep and --drop (globs see the stripped names); returns (tree, reports)."""
+    if strip_prefix is None and not keep and not drop:
+        return tree, []  # as apply_names gives, without importing the operations package (start-up)
     from ..ops.names import apply_names
 
     return apply_names(tree, strip=strip_prefix, keep=keep, drop=drop)
@@ -200,13 +202,14 @@ def layout_options(f: Callable) -> Callable:
 
 def _apply_layout(tree, layout: str | None, from_layout: str | None, flatten_shapes: tuple[str, ...], rules_file: Path | None, transposed: tuple[str, ...], depthwise: tuple[str, ...]):
     """The tree in the asked layout and the report, or the tree unchanged and None without --layout."""
-    from ..ops.layout import convert_layout, parse_flatten_shape, parse_rules
-
     if layout is None:
         given = [n for n, v in (("--flatten-shape", flatten_shapes), ("--rules", rules_file), ("--transposed", transposed), ("--depthwise", depthwise), ("--from-layout", from_layout)) if v]
         if given:
             raise usage_error(f"{given[0]} only applies with --layout: add --layout torch or --layout keras")
         return tree, None
+    # Imported here, after the early return: a plain convert then never loads the operations package.
+    from ..ops.layout import convert_layout, parse_flatten_shape, parse_rules
+
     rules = None
     if rules_file is not None:
         kind = "toml" if rules_file.suffix.lower() == ".toml" else "json"

@@ -75,13 +75,15 @@ def convert(
       surgery convert model.onnx -o big.onnx --external-data --size-threshold 1MB
     """
     from ..io import check_output
-    from ..ops import cast_floating
 
     tree = load_input(src, key, quiet or as_json)
     tree, name_reports = _apply_name_options(tree, strip_prefix, drop, keep)
     tree, layout_report = _apply_layout(tree, layout, from_layout, flatten_shapes, rules_file, transposed, depthwise)
     cast_report = None
     if dtype:
+        # Only here: importing the operations package costs a plain convert ~50 ms of start-up.
+        from ..ops import cast_floating
+
         tree, cast_report = cast_floating(tree, dtype)
         if cast_optimizer:
             from ..ops.optimizer_state import cast_moments

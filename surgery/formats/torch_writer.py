@@ -18,17 +18,18 @@ torch saves that way (float8, uint16/32/64), exactly as `torch.save` pickles the
 tree's metadata rides in the dict's `_metadata` attribute as `{"__surgery__": {...}}`,
 which `torch.load(weights_only=True)` restores and `load_state_dict` ignores.
 
-Members are written with the standard library's `zipfile` (which computes each CRC while
-the data streams through, and switches to Zip64 for large members and archives); the
-64-byte alignment is made, as torch makes it, with a padding field in each local header.
-Tensor data moves one chunk at a time: memory stays near one chunk, not the checkpoint.
+The archive is the one the standard library's `zipfile` writes for these members, byte for
+byte, Zip64 included (surgery/formats/zip_stored.py); the 64-byte alignment is made, as torch
+makes it, with a padding field in each local header. Tensors read from a file are copied
+file to file by the kernel, as `cp` copies, with their CRC-32 computed beside the copy on a
+second thread; other tensors move one chunk at a time: memory stays near one chunk.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import struct
-import zipfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ from .. import dtypes
 from ..durable import Writeback, fsync
 from ..errors import CorruptFileError, OutputError
 from ..tree import KERAS, ArraySource, Entry, FileRange, Tree
+from .zip_stored import StoredZipWriter, local_header_size
 
 __all__ = ["save", "check_writable", "plan_storages", "Storage", "pickle_state_dict", "ARCHIVE", "ALIGNMENT"]
 
@@ -295,21 +297,22 @@ def save(tree: Tree, path: Path, *, progress: Progress | None = None) -> None:
     """
     check_writable(tree)
     storages, data_pkl = _training_checkpoint(tree) or _state_dict(tree)
-    with open(path, "wb") as f:
-        progress = Writeback(f.fileno(), start=0).progress(progress)  # writeback overlaps the copy (see surgery.durable)
-        with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as z:
-            archive = _Archive(z, f)
-            archive.record("data.pkl", [data_pkl], len(data_pkl))
-            archive.record(".format_version", [b"1"], 1)
-            archive.record(".storage_alignment", [str(ALIGNMENT).encode()], len(str(ALIGNMENT)))
-            archive.record("byteorder", [b"little"], 6)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        progress = Writeback(fd, start=0).progress(progress)  # writeback overlaps the copy (see surgery.durable)
+        with StoredZipWriter(fd) as z:
+            archive = _Archive(z)
+            archive.small("data.pkl", data_pkl)
+            archive.small(".format_version", b"1")
+            archive.small(".storage_alignment", str(ALIGNMENT).encode())
+            archive.small("byteorder", b"little")
             for s in storages:
-                archive.record(f"data/{s.key}", s.source.iter_bytes(), s.nbytes, progress, s.source.name)
-            archive.record("version", [b"3\n"], 2)
-            serialization_id = archive.serialization_id()
-            archive.record(".data/serialization_id", [serialization_id], len(serialization_id))
-        f.flush()
-        fsync(f.fileno())
+                archive.storage(s, progress)
+            archive.small("version", b"3\n")
+            archive.small(".data/serialization_id", archive.serialization_id())
+        fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _state_dict(tree: Tree) -> tuple[list[Storage], bytes]:
@@ -329,44 +332,39 @@ def _training_checkpoint(tree: Tree) -> tuple[list[Storage], bytes] | None:
 
 
 class _Archive:
-    """Writes members one at a time, each one's data aligned as torch aligns it."""
+    """Names members as torch does and puts each one's data on torch's alignment."""
 
-    def __init__(self, z: zipfile.ZipFile, f: object) -> None:
-        self.z, self.f = z, f
-        self.names = hashlib.sha256()
-        self.crcs = 0
+    def __init__(self, z: StoredZipWriter) -> None:
+        self.z = z
 
-    def record(
-        self, name: str, chunks: Iterable[bytes | memoryview], size: int, progress: Progress | None = None, tensor: str = ""
-    ) -> None:
+    def small(self, name: str, data: bytes) -> None:
         full = f"{ARCHIVE}/{name}"
-        info = zipfile.ZipInfo(full)
-        info.compress_type = zipfile.ZIP_STORED
-        info.file_size = size  # known up front, so zipfile chooses Zip64 before writing the header
-        zip64 = size * 1.05 > zipfile.ZIP64_LIMIT  # zipfile's own rule
-        info.extra = _padding(self.f.tell(), len(full.encode("utf-8")), zip64)  # type: ignore[attr-defined]
-        written = 0
-        with self.z.open(info, "w") as member:
-            for chunk in chunks:
-                member.write(chunk)
-                written += len(chunk)
-                if progress:
-                    progress(len(chunk))
-        if written != size:
+        self.z.write_bytes(full, data, _padding(self.z.offset, full, len(data)))
+
+    def storage(self, s: Storage, progress: Progress | None) -> None:
+        full = f"{ARCHIVE}/data/{s.key}"
+        extra = _padding(self.z.offset, full, s.nbytes)
+        source = s.source.source
+        if isinstance(source, FileRange) and source.length == s.nbytes:
+            written = self.z.copy_range(full, s.source, source, extra, progress)
+        else:
+            written = self.z.write_chunks(full, s.source.iter_bytes(), s.nbytes, extra, progress)
+        if written != s.nbytes:
+            tensor = s.source.name
             raise CorruptFileError(
-                f"tensor {tensor!r} gave {written} bytes but {size} were expected", tensor, "the source file changed or is truncated"
+                f"tensor {tensor!r} gave {written} bytes but {s.nbytes} were expected", tensor, "the source file changed or is truncated"
             )
-        self.names.update(full.encode("utf-8") + b"\0")
-        self.crcs = zlib.crc32(struct.pack("<I", info.CRC), self.crcs)
 
     def serialization_id(self) -> bytes:
         """40 digits, like torch's: here a hash of the member names and of their CRCs, so equal inputs give equal files."""
-        names = int.from_bytes(self.names.digest()[:8], "little")
-        return f"{names:020d}{self.crcs:020d}".encode("ascii")
+        names, crcs = hashlib.sha256(), 0
+        for member, crc in zip(self.z.members, self.z.crcs()):
+            names.update(member.name + b"\0")
+            crcs = zlib.crc32(struct.pack("<I", crc), crcs)
+        return f"{int.from_bytes(names.digest()[:8], 'little'):020d}{crcs:020d}".encode("ascii")
 
 
-def _padding(offset: int, name_len: int, zip64: bool) -> bytes:
+def _padding(offset: int, name: str, size: int) -> bytes:
     """A local-header extra field ("FB" + "Z"s, as torch writes it) that puts the data on a 64-byte boundary."""
-    header = 30 + name_len + 4 + (20 if zip64 else 0)  # fixed header, name, our field's own header, Zip64 field
-    pad = -(offset + header) % ALIGNMENT
+    pad = -(offset + local_header_size(name, 4, size)) % ALIGNMENT  # 4: our field's own header
     return b"FB" + struct.pack("<H", pad) + b"Z" * pad
