@@ -26,6 +26,7 @@ import numpy as np
 from .. import dtypes
 from ..errors import CorruptFileError
 from ..tree import Entry, FileRange, Source, checked_picks, in_requested_order
+from ._errors import H5_ERRORS
 from .h5_files import _h5py, _Opened
 
 __all__ = ["SMALL", "read_take"]
@@ -53,7 +54,7 @@ def read_take(source: Any, entry: Entry, indices: Sequence[int], axis: int, fix:
             if in_place is None:
                 unique = np.unique(picks).tolist()
                 kept = np.asarray(ds[tuple(unique if ax == axis else slice(None) for ax in range(ndim))])
-    except (OSError, KeyError, ValueError, TypeError) as e:
+    except H5_ERRORS as e:  # whatever h5py raises on a corrupt file, as the readers catch it
         raise CorruptFileError(f"cannot read dataset {source.dataset!r} ({e})", str(source.path), fix) from e
     if in_place is not None:
         return in_place.read_take(entry, picks, axis)
