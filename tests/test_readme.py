@@ -39,8 +39,9 @@ def test_classes_by_name_block_runs(tmp_path):
     outputs = {}
     for line in block.splitlines():
         args = shlex.split(line)[1:]  # drop "surgery"
-        args = [str(REPO / a) if a.startswith("fixtures/") else a for a in args]
+        # Outputs first: the checkout itself may live under /tmp, and its fixtures must stay where they are.
         args = [str(tmp_path / a[len("/tmp/") :]) if a.startswith("/tmp/") else a for a in args]
+        args = [str(REPO / a) if a.startswith("fixtures/") else a for a in args]
         result = run(*args)
         assert result.exit_code == 0, (line, result.stderr)
         outputs[args[0]] = outputs.get(args[0], "") + result.stdout
