@@ -115,7 +115,7 @@ def reference(kind: str, path: Path) -> list[str]:
 
 KINDS: dict[str, tuple[Callable[[Path, int, int], Path], str]] = {
     "safetensors": (write_safetensors, "safe_open + keys"),
-    "torch": (write_torch, "torch.load(mmap=True)"),
+    "torch": (write_torch, "torch.load(mmap=True, weights_only=True)"),
     "onnx": (write_onnx, "onnx.load(load_external_data=False)"),
 }
 
