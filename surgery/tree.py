@@ -9,7 +9,6 @@ every entry it does not replace.
 
 from __future__ import annotations
 
-import errno
 import math
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -23,15 +22,14 @@ from .errors import CorruptFileError, OperationError
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
+
+    from .output_file import OutputFile
 # numpy is imported inside the functions that touch data: a tree of names, shapes and dtype
 # names is built and listed without it (`surgery inspect` never imports numpy).
 
 __all__ = ["Convention", "KERAS", "TORCH", "UNKNOWN", "Entry", "Tree", "Source", "FileRange", "ArraySource", "LazySource"]
 
 CHUNK = 16 << 20  # bytes moved per step when streaming tensor data
-_KERNEL_CHUNK = 32 << 20  # bytes per copy_file_range call: progress (and writeback requests) every 32 MB
-# copy_file_range is refused across some filesystems and by some kernels; then we copy by hand.
-_NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM, errno.EBADF}
 
 
 @dataclass(frozen=True)
@@ -87,11 +85,11 @@ class Source:
         """Files this source reads, so writers can refuse to overwrite them."""
         return ()
 
-    def copy_into(self, entry: Entry, fd: int, progress: Callable[[int], None] | None) -> int:
-        """Append the tensor's little-endian bytes to the open file `fd`; return the count."""
+    def copy_into(self, entry: Entry, out: OutputFile, progress: Callable[[int], None] | None) -> int:
+        """Append the tensor's little-endian bytes to `out`; return the count."""
         written = 0
         for chunk in self.iter_bytes(entry):
-            write_all(fd, chunk)
+            out.write(chunk)
             written += len(chunk)
             if progress:
                 progress(len(chunk))
@@ -148,13 +146,6 @@ def in_requested_order(kept: np.ndarray, unique: list[int], indices: Sequence[in
 
     position = {row: i for i, row in enumerate(unique)}
     return np.take(kept, [position[int(i)] for i in indices], axis=axis)
-
-
-def write_all(fd: int, data: memoryview | bytes) -> None:
-    """os.write may write less than asked; loop until all of `data` is written."""
-    view = memoryview(data).cast("B")
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 def _array_chunks(array: np.ndarray) -> Iterator[memoryview]:
@@ -300,28 +291,14 @@ class FileRange(Source):
             "the file is truncated; copy or download it again",
         )
 
-    def copy_into(self, entry: Entry, fd: int, progress: Callable[[int], None] | None) -> int:
-        # Unchanged tensors are copied file-to-file inside the kernel (copy_file_range), as cp
-        # does: no trip through Python buffers, so converting a large checkpoint runs near disk speed.
-        if not hasattr(os, "copy_file_range"):
-            return super().copy_into(entry, fd, progress)
-        with open(self.path, "rb") as f:
-            offset, left = self.offset, self.length
-            while left:
-                try:
-                    n = os.copy_file_range(f.fileno(), fd, min(left, _KERNEL_CHUNK), offset)
-                except OSError as e:
-                    if e.errno not in _NO_KERNEL_COPY:
-                        raise
-                    rest = FileRange(self.path, offset, left)
-                    return self.length - left + Source.copy_into(rest, entry, fd, progress)
-                if n == 0:
-                    raise self._truncated(entry, left)
-                offset += n
-                left -= n
-                if progress:
-                    progress(n)
-        return self.length
+    def copy_into(self, entry: Entry, out: OutputFile, progress: Callable[[int], None] | None) -> int:
+        # Unchanged tensors are copied from file to file, never through numpy: in the kernel
+        # (copy_file_range, as cp does) or straight into the buffers of a direct write
+        # (surgery.output_file), so converting a large checkpoint runs near disk speed.
+        copied = out.copy_range(self.path, self.offset, self.length, progress)
+        if copied != self.length:
+            raise self._truncated(entry, self.length - copied)
+        return copied
 
 
 @dataclass(frozen=True, eq=False)
@@ -402,9 +379,9 @@ class Entry:
         """`np.take(self.read(), indices, axis)`, reading only the kept slices where the source can."""
         return self.source.read_take(self, indices, axis)
 
-    def copy_into(self, fd: int, progress: Callable[[int], None] | None = None) -> int:
-        """Append the tensor's bytes to the open file descriptor `fd`; return how many were written."""
-        return self.source.copy_into(self, fd, progress)
+    def copy_into(self, out: OutputFile, progress: Callable[[int], None] | None = None) -> int:
+        """Append the tensor's bytes to `out` (surgery.output_file); return how many were written."""
+        return self.source.copy_into(self, out, progress)
 
     def renamed(self, name: str) -> Entry:
         return Entry(name, self.shape, self.dtype, self.source, self.attrs)

@@ -228,6 +228,8 @@ def test_kernel_copy_refused_falls_back_to_python_copy(tmp_path, monkeypatch):
     import errno
     import os as os_module
 
+    from surgery import output_file
+
     calls = []
 
     def refuse(*args, **kwargs):
@@ -235,6 +237,7 @@ def test_kernel_copy_refused_falls_back_to_python_copy(tmp_path, monkeypatch):
         raise OSError(errno.EXDEV, "cross-device")
 
     monkeypatch.setattr(os_module, "copy_file_range", refuse, raising=False)
+    monkeypatch.setattr(output_file, "DIRECT", False)  # the page-cache path is the one that copies in the kernel
     out = tmp_path / "copy.safetensors"
     surgery.save(surgery.load(TINY), out)
     assert calls  # the fast path was tried

@@ -15,7 +15,7 @@ import pytest
 from helpers import run
 
 import surgery
-from surgery import durable
+from surgery import durable, output_file
 from surgery.durable import Writeback
 
 
@@ -110,11 +110,19 @@ WRITERS = {
 
 
 class _Counted:
-    """os.fsync and sync_file_range calls made while it is installed (the real fsync still runs)."""
+    """os.fsync and sync_file_range calls, and direct outputs opened, while it is installed (the real ones still run)."""
 
     def __init__(self, monkeypatch) -> None:
-        self.fsync = self.ranges = 0
+        self.fsync = self.ranges = self.direct = 0
         real = os.fsync
+        real_direct = output_file._DirectOutput.open.__func__
+
+        def direct(cls, path):
+            opened = real_direct(cls, path)
+            self.direct += opened is not None
+            return opened
+
+        monkeypatch.setattr(output_file._DirectOutput, "open", classmethod(direct))
 
         def fsync(fd: int) -> None:
             self.fsync += 1
@@ -156,11 +164,11 @@ def test_no_sync_skips_every_fsync_and_writes_the_same_bytes(tmp_path, monkeypat
         assert result.exit_code == 0, result.stderr
         outputs[bool(flag)] = out
         if flag:
-            assert (counted.fsync, counted.ranges) == (0, 0), case
+            assert (counted.fsync, counted.ranges, counted.direct) == (0, 0, 0), case
         else:
             assert counted.fsync > 0, case
-            if case in ("safetensors", "safetensors sharded", "pt", "hf folder"):  # the writers that stream through Writeback
-                assert counted.ranges > 0, case
+            if case in ("safetensors", "safetensors sharded", "pt", "hf folder", "onnx external data"):  # the streaming writers
+                assert counted.ranges + counted.direct > 0, case  # direct writes, or writeback requests where O_DIRECT is refused
         assert durable.syncing(), "--no-sync outlived its command"
     sync, no_sync = _contents(outputs[False]), _contents(outputs[True])
     assert len(sync) >= {"safetensors sharded": 3, "onnx external data": 2, "hf folder": 3}.get(case, 1)  # every file compared
@@ -171,9 +179,9 @@ def test_save_sync_false_skips_the_fsyncs_of_that_call_only(tmp_path, monkeypatc
     tree = surgery.load(FIXTURES / "tiny.safetensors")
     counted = _Counted(monkeypatch)
     surgery.save(tree, tmp_path / "scratch.safetensors", sync=False)
-    assert (counted.fsync, counted.ranges) == (0, 0) and durable.syncing()
+    assert (counted.fsync, counted.ranges, counted.direct) == (0, 0, 0) and durable.syncing()
     surgery.save(tree, tmp_path / "kept.safetensors")
-    assert counted.fsync >= 2 and counted.ranges > 0  # the file, then its folder after the rename
+    assert counted.fsync >= 2 and counted.ranges + counted.direct > 0  # the file, then its folder after the rename
     assert (tmp_path / "scratch.safetensors").read_bytes() == (tmp_path / "kept.safetensors").read_bytes()
 
 

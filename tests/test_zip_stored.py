@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from surgery import output_file
 from surgery.errors import CorruptFileError
 from surgery.formats import zip_stored
 from surgery.formats.zip_stored import (
@@ -47,20 +48,16 @@ def with_ours(path: Path, members: list[tuple[str, bytes, bytes]], ways: list[st
     blob = b"".join(data for _, _, data in members)
     source.write_bytes(b"head" + blob)
     at = 4
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-    try:
-        with StoredZipWriter(fd) as z:
-            for (name, extra, data), way in zip(members, ways):
-                if way == "bytes":
-                    z.write_bytes(name, data, extra)
-                elif way == "chunks":
-                    assert z.write_chunks(name, (data[i : i + 7] for i in range(0, len(data), 7)), len(data), extra) == len(data)
-                else:
-                    entry = Entry(name, (len(data),), "uint8", FileRange(source, at, len(data)))
-                    assert z.copy_range(name, entry, entry.source, extra) == len(data)
-                at += len(data)
-    finally:
-        os.close(fd)
+    with output_file.create(path) as out, StoredZipWriter(out) as z:
+        for (name, extra, data), way in zip(members, ways):
+            if way == "bytes":
+                z.write_bytes(name, data, extra)
+            elif way == "chunks":
+                assert z.write_chunks(name, (data[i : i + 7] for i in range(0, len(data), 7)), len(data), extra) == len(data)
+            else:
+                entry = Entry(name, (len(data),), "uint8", FileRange(source, at, len(data)))
+                assert z.copy_range(name, entry, entry.source, extra) == len(data)
+            at += len(data)
     return path.read_bytes()
 
 
@@ -176,11 +173,9 @@ def test_a_zip_members_recorded_crc_is_reused_and_a_plain_files_is_not(tmp_path,
         raise AssertionError("the CRC was computed again")
 
     monkeypatch.setattr(zip_stored, "_file_crc", never)
-    fd = os.open(tmp_path / "out.zip", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-    with StoredZipWriter(fd) as z:
+    with output_file.create(tmp_path / "out.zip") as out, StoredZipWriter(out) as z:
         entry = Entry("t", (3000,), "uint8", FileRange(tmp_path / "src.zip", start, 3000))
         z.copy_range("t", entry, entry.source)
-    os.close(fd)
     with zipfile.ZipFile(tmp_path / "out.zip") as z:
         assert z.read("t") == MEMBERS[1][2] and z.testzip() is None
 
@@ -190,9 +185,7 @@ def test_an_error_while_streaming_stops_the_crc_worker_and_writes_no_directory(t
         yield b"x" * 100
         raise RuntimeError("source went away")
 
-    fd = os.open(tmp_path / "out.zip", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-    with pytest.raises(RuntimeError, match="source went away"), StoredZipWriter(fd) as z:
+    with pytest.raises(RuntimeError, match="source went away"), output_file.create(tmp_path / "out.zip") as out, StoredZipWriter(out) as z:
         z.write_bytes("a", b"abc")
         z.write_chunks("b", chunks(), 200)
-    os.close(fd)
     assert zipfile.stringEndArchive not in (tmp_path / "out.zip").read_bytes()

@@ -24,7 +24,6 @@ the new model is in place, when surgery wrote it and nothing still reads it.
 from __future__ import annotations
 
 import math
-import os
 import re
 import uuid
 from collections.abc import Callable
@@ -32,7 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..durable import fsync
+from .. import output_file
+from ..durable import fsync, fsync_path
 from ..errors import OutputError
 from ..graph import GRAPH
 from ..tree import Entry, Tree, same_file
@@ -227,24 +227,18 @@ def save_atomically(tree: Tree, path: Path, *, progress: Progress | None = None)
 
 
 def _write_data(plan: _Plan, data_path: Path, data_name: str, progress: Progress | None) -> None:
-    fd = os.open(data_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        offset = 0
+    with output_file.create(data_path) as out:
         for tensor, e in plan.slots:
             if e.name not in plan.external:
                 continue
-            if e.nbytes >= _ALIGN_FROM and offset % _ALIGN:
-                pad = _ALIGN - offset % _ALIGN
-                os.write(fd, bytes(pad))
-                offset += pad
-            written = e.copy_into(fd, progress)
+            if e.nbytes >= _ALIGN_FROM and out.offset % _ALIGN:
+                out.write(bytes(_ALIGN - out.offset % _ALIGN))
+            offset = out.offset
+            written = e.copy_into(out, progress)
             if written != e.nbytes:
                 raise OutputError(f"tensor {e.name!r} gave {written} bytes but {e.nbytes} were expected", e.name, "the input changed while it was read; run again")
             _point_at(tensor, data_name, offset, written)
-            offset += written
-        fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_path(data_path)  # save() writes the data file outside an atomic output: make it durable here
 
 
 def _point_at(tensor: Any, location: str, offset: int, length: int) -> None:

@@ -18,8 +18,9 @@ from typing import Any
 
 from .. import dtypes
 from ..errors import CorruptFileError, FormatError, OutputError
-from ..durable import Writeback, fsync
-from ..tree import CONVENTIONS, TORCH, UNKNOWN, Entry, FileRange, Tree, write_all
+from .. import output_file
+from ..durable import fsync
+from ..tree import CONVENTIONS, TORCH, UNKNOWN, Entry, FileRange, Tree
 from ._json import loads_strict
 
 NAME = "safetensors"
@@ -304,23 +305,19 @@ def _data_start_residue(entries: Iterable[Entry]) -> int:
 
 
 def write_file(path: Path, entries: list[Entry], metadata: dict[str, str], progress: Progress | None) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        write_all(fd, build_header(entries, metadata))
-        step = Writeback(fd).progress(progress)  # the disk starts on each range while the next is copied
+    with output_file.create(path) as out:
+        out.write(build_header(entries, metadata))
         for run in _copy_runs(entries):
             e = run[0]
             source = FileRange(e.source.path, e.source.offset, sum(r.nbytes for r in run)) if len(run) > 1 else e.source
             expected = sum(r.nbytes for r in run)
-            written = source.copy_into(e, fd, step)
+            written = source.copy_into(e, out, progress)
             if written != expected:
                 raise CorruptFileError(
                     f"tensor {e.name!r} gave {written} bytes but {expected} were expected", e.name, _FIX
                 )
         # No fsync here: the atomic-output step fsyncs every file it renames into place, and by
-        # then writeback has already carried most of the bytes to disk.
-    finally:
-        os.close(fd)
+        # then the bytes are on the disk already (direct writes) or mostly (writeback requests).
 
 
 def _copy_runs(entries: list[Entry]) -> Iterator[list[Entry]]:

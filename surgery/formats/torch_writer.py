@@ -28,15 +28,13 @@ second thread; other tensors move one chunk at a time: memory stays near one chu
 from __future__ import annotations
 
 import hashlib
-import os
 import struct
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import dtypes
-from ..durable import Writeback, fsync
+from .. import dtypes, output_file
 from ..errors import CorruptFileError, OutputError
 from ..tree import KERAS, ArraySource, Entry, FileRange, Tree
 from .zip_stored import StoredZipWriter, local_header_size
@@ -297,22 +295,17 @@ def save(tree: Tree, path: Path, *, progress: Progress | None = None) -> None:
     """
     check_writable(tree)
     storages, data_pkl = _training_checkpoint(tree) or _state_dict(tree)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        progress = Writeback(fd, start=0).progress(progress)  # writeback overlaps the copy (see surgery.durable)
-        with StoredZipWriter(fd) as z:
-            archive = _Archive(z)
-            archive.small("data.pkl", data_pkl)
-            archive.small(".format_version", b"1")
-            archive.small(".storage_alignment", str(ALIGNMENT).encode())
-            archive.small("byteorder", b"little")
-            for s in storages:
-                archive.storage(s, progress)
-            archive.small("version", b"3\n")
-            archive.small(".data/serialization_id", archive.serialization_id())
-        fsync(fd)
-    finally:
-        os.close(fd)
+    with output_file.create(path) as out, StoredZipWriter(out) as z:
+        archive = _Archive(z)
+        archive.small("data.pkl", data_pkl)
+        archive.small(".format_version", b"1")
+        archive.small(".storage_alignment", str(ALIGNMENT).encode())
+        archive.small("byteorder", b"little")
+        for s in storages:
+            archive.storage(s, progress)
+        archive.small("version", b"3\n")
+        archive.small(".data/serialization_id", archive.serialization_id())
+    # No fsync here: the atomic-output step fsyncs the file it renames into place.
 
 
 def _state_dict(tree: Tree) -> tuple[list[Storage], bytes]:

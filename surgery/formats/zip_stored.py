@@ -5,10 +5,10 @@ opened with `open(ZipInfo(name) with extra and file_size set, "w")` on a seekabl
 Zip64 records included (tests/test_zip_stored.py compares the two byte for byte). What
 differs is how each member's data and CRC-32 get there:
 
-* a member whose bytes lie in a file is copied by the kernel (`FileRange.copy_into`:
-  copy_file_range, as cp does), never passing through Python; its CRC is computed on a
-  worker thread from the source file's pages (mmap, no copy) while the kernel copies, and
-  patched into the local header afterwards. When the range is itself a stored member of a
+* a member whose bytes lie in a file is copied file to file (`FileRange.copy_into`: in the
+  kernel, or straight into the buffers of a direct write, surgery.output_file), never
+  passing through numpy; its CRC is computed on a worker thread from the source file's
+  pages (mmap, no copy) while the copy runs, and patched into the local header afterwards. When the range is itself a stored member of a
   zip (a .pt read by surgery), the CRC recorded in that zip's directory is reused instead.
 * a member whose bytes come through Python (computed tensors, the pickle) is written chunk
   by chunk, each chunk's CRC computed on the worker while the chunk is written.
@@ -33,10 +33,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import CorruptFileError
-from ..tree import Entry, FileRange, write_all
+from ..tree import Entry, FileRange
 
 if TYPE_CHECKING:
     from typing import Self  # Python 3.11+; annotations are not evaluated at run time
+
+    from ..output_file import OutputFile
 
 try:
     from isal.isal_zlib import crc32
@@ -122,13 +124,13 @@ class _Member:
 
 
 class StoredZipWriter:
-    """Appends stored members to the open file `fd` (positioned at 0), then the central directory.
+    """Appends stored members to `out`, a new file (surgery.output_file), then the central directory.
 
     Use as a context manager: leaving the block without an error writes the directory.
     """
 
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
+    def __init__(self, out: OutputFile) -> None:
+        self.out = out
         self.offset = 0
         self.members: list[_Member] = []
         self._pool: ThreadPoolExecutor | None = None
@@ -165,7 +167,7 @@ class StoredZipWriter:
         written = 0
         for chunk in chunks:
             crc.update(chunk)
-            write_all(self.fd, chunk)
+            self.out.write(chunk)
             written += len(chunk)
             self.offset += len(chunk)
             if progress:
@@ -182,7 +184,7 @@ class StoredZipWriter:
         self._append(member.local_header(member.in_header))
         if known is None:
             member.crc = self._worker().submit(_file_crc, source.path, source.offset, source.length, self._stop)
-        written = source.copy_into(entry, self.fd, progress)
+        written = source.copy_into(entry, self.out, progress)
         self.offset += written
         return written
 
@@ -198,10 +200,10 @@ class StoredZipWriter:
         self.crcs()
         for m in self.members:
             if m.crc != m.in_header:
-                _write_at(self.fd, struct.pack("<I", m.crc), m.offset + _CRC_AT)
+                self.out.patch(m.offset + _CRC_AT, struct.pack("<I", m.crc))
         start = self.offset
         directory = b"".join(m.central_entry() for m in self.members)
-        write_all(self.fd, directory + _end_records(len(self.members), start, len(directory)))
+        self.out.write(directory + _end_records(len(self.members), start, len(directory)))
         self.offset += len(directory)
 
     def _member(self, name: str, extra: bytes, size: int, crc: int) -> _Member:
@@ -211,23 +213,13 @@ class StoredZipWriter:
         return member
 
     def _append(self, data: bytes) -> None:
-        write_all(self.fd, data)
+        self.out.write(data)
         self.offset += len(data)
 
     def _worker(self) -> ThreadPoolExecutor:
         if self._pool is None:  # one thread: CRCs of one stream must run in order, and the copy takes the other core
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="surgery-crc32")
         return self._pool
-
-
-def _write_at(fd: int, data: bytes, offset: int) -> None:
-    if hasattr(os, "pwrite"):
-        os.pwrite(fd, data, offset)
-        return
-    here = os.lseek(fd, 0, os.SEEK_CUR)  # Windows has no pwrite: seek there and back
-    os.lseek(fd, offset, os.SEEK_SET)
-    write_all(fd, data)
-    os.lseek(fd, here, os.SEEK_SET)
 
 
 def _end_records(count: int, start: int, size: int) -> bytes:
