@@ -6,17 +6,20 @@ input, and `patch` for a few bytes it can only fill in later (a zip member's CRC
 
 Two ways to reach the disk, chosen by `create`:
 
-* **Direct** (Linux, when the output is made durable, the default): the bytes are gathered in
-  page-aligned 16 MiB buffers, and a second thread writes each full buffer with O_DIRECT while
-  the next one fills. Each byte goes from the buffer to the disk once. Nothing is left dirty in
-  the page cache, so the closing fsync has only metadata to commit, and the writes don't wait
-  behind the kernel's writeback throttling. On the benchmark machine this copied 17.2 GB
-  durably in 7.6–9.3 s, where `cp && sync` took 16–42 s (BENCHMARKS.md).
-* **Through the page cache** (with `--no-sync`, and wherever O_DIRECT is refused): bytes are
+* **Direct** (Linux and the BSDs, wherever the filesystem takes O_DIRECT): the bytes are
+  gathered in page-aligned 32 MiB buffers, and two writer threads write full buffers with
+  O_DIRECT while the next one fills. Each byte goes from the buffer to the disk once, and
+  nothing is left dirty in the page cache: the closing fsync has only metadata to commit,
+  and the writes never wait behind the kernel's dirty-page throttling, which is what makes
+  a plain `cp` of many GB slow. Measured here (BENCHMARKS.md), a 4.6 GB copy took 2.0-2.7 s
+  this way against 2.3-4.8 s for `cp && sync`, and 17 GB took 7.6-9.3 s against 16-42 s.
+  With `--no-sync` the same path is taken and only the fsyncs are skipped: it beats the page
+  cache at these sizes too (a scratch output is then read back from disk, not memory).
+* **Through the page cache** (where O_DIRECT is refused, or `DIRECT` is off): bytes are
   written with write(2), and unchanged ranges are copied file to file in the kernel
   (copy_file_range), as cp does. When the output must be durable, writeback of each 32 MB is
   requested as it is written (surgery.durable.Writeback), so the closing fsync waits only for
-  the tail. A scratch output stays in the page cache, where a next step reads it fastest.
+  the tail.
 
 Both give the same bytes; `tests/test_output_file.py` proves it by property.
 """
@@ -33,13 +36,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Self
 
-from .durable import Writeback, syncing
+from .durable import Writeback
 
 __all__ = ["OutputFile", "create", "write_all"]
 
 Progress = Callable[[int], None]
 
-DIRECT = True  # tests and benchmarks may turn the direct path off to compare the two
+DIRECT = True  # False: always the page cache (tests compare the two paths)
 
 _KERNEL_CHUNK = 32 << 20  # bytes per copy_file_range call: progress (and writeback requests) every 32 MB
 _CHUNK = 16 << 20  # bytes per read/write step where the kernel can't copy
@@ -51,8 +54,9 @@ _NO_DIRECT = {errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP}
 
 _DIRECT_NEEDS = ("O_DIRECT", "pwrite", "preadv")  # Linux and some BSDs have them all
 _ALIGN = 4096  # what O_DIRECT asks of offsets, lengths and memory: a page covers every common disk's block
-_BLOCK = 16 << 20  # one direct write: large enough for the disk's full speed, small enough to keep three
-_BUFFERS = 3  # one filling, one being written, one ready: the copy and the disk never wait for each other
+_BLOCK = 32 << 20  # one direct write: 16 MiB was 10-20% slower here, 64 MiB no faster
+_WRITERS = 2  # writes in flight at once: one more keeps the disk busy while a write completes
+_BUFFERS = _WRITERS + 2  # one filling and one ready besides those being written: copy and disk never wait
 
 
 def write_all(fd: int, data: memoryview | bytes) -> None:
@@ -69,7 +73,7 @@ def create(path: Path) -> OutputFile:
     applies deferred patches); leaving it by an exception stops at once. Either way the
     descriptor is closed. The fsync is the caller's (surgery.atomic does it for every output).
     """
-    if DIRECT and syncing() and all(hasattr(os, name) for name in _DIRECT_NEEDS):
+    if DIRECT and all(hasattr(os, name) for name in _DIRECT_NEEDS):
         direct = _DirectOutput.open(path)
         if direct is not None:
             return direct
@@ -179,13 +183,10 @@ class _DirectOutput(OutputFile):
             with mmap.mmap(-1, _ALIGN) as probe:
                 os.pwrite(fd, probe, 0)
             os.ftruncate(fd, 0)
-        except OSError as e:
+        except BaseException as e:
             os.close(fd)
-            if e.errno in _NO_DIRECT:
+            if isinstance(e, OSError) and e.errno in _NO_DIRECT:
                 return None
-            raise
-        except BaseException:
-            os.close(fd)
             raise
         return cls(fd)
 
@@ -203,8 +204,9 @@ class _DirectOutput(OutputFile):
         self._deferred: list[tuple[int, bytes]] = []
         self._error: BaseException | None = None
         self._stopping = False
-        self._writer = threading.Thread(target=self._drain, name="surgery-direct-write", daemon=True)
-        self._writer.start()
+        self._writers = [threading.Thread(target=self._drain, name="surgery-direct-write", daemon=True) for _ in range(_WRITERS)]
+        for writer in self._writers:
+            writer.start()
 
     def write(self, data: bytes | memoryview) -> None:
         view = memoryview(data).cast("B")
@@ -244,8 +246,7 @@ class _DirectOutput(OutputFile):
             padded = -(-self._fill // _ALIGN) * _ALIGN  # a direct write is whole blocks: pad, truncate after
             self._view[self._fill : padded] = bytes(padded - self._fill)
             self._full.put((self._buffer, padded, self._start))
-        self._full.put(None)
-        self._writer.join()
+        self._stop_writers()
         self._raise_writer_error()
         os.ftruncate(self.fd, self.offset)
         if self._deferred:
@@ -258,10 +259,9 @@ class _DirectOutput(OutputFile):
                 os.pwrite(self.fd, data, offset)
 
     def release(self) -> None:
-        if self._writer.is_alive():  # left by an exception: drop what is queued, wait for the write under way
+        if any(writer.is_alive() for writer in self._writers):  # left by an exception: drop what is queued
             self._stopping = True
-            self._full.put(None)
-            self._writer.join()
+            self._stop_writers()  # waits for the writes under way
         self._view.release()
         buffers = [self._buffer]
         while not self._free.empty():
@@ -282,6 +282,12 @@ class _DirectOutput(OutputFile):
             self._view = memoryview(self._buffer)
             self._start += _BLOCK
             self._fill = 0
+
+    def _stop_writers(self) -> None:
+        for _ in self._writers:
+            self._full.put(None)  # each writer leaves at the first None it takes, after the buffers before it
+        for writer in self._writers:
+            writer.join()
 
     def _drain(self) -> None:
         while (item := self._full.get()) is not None:
