@@ -16,10 +16,9 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from .. import dtypes
-from ..errors import CorruptFileError, FormatError, OutputError
-from .. import output_file
+from .. import dtypes, output_file
 from ..durable import fsync
+from ..errors import CorruptFileError, FormatError, OutputError
 from ..tree import CONVENTIONS, TORCH, UNKNOWN, Entry, FileRange, Tree
 from ._json import loads_strict
 

@@ -5,11 +5,12 @@ opened with `open(ZipInfo(name) with extra and file_size set, "w")` on a seekabl
 Zip64 records included (tests/test_zip_stored.py compares the two byte for byte). What
 differs is how each member's data and CRC-32 get there:
 
-* a member whose bytes lie in a file is copied file to file (`FileRange.copy_into`: in the
-  kernel, or straight into the buffers of a direct write, surgery.output_file), never
-  passing through numpy; its CRC is computed on a worker thread from the source file's
-  pages (mmap, no copy) while the copy runs, and patched into the local header afterwards. When the range is itself a stored member of a
-  zip (a .pt read by surgery), the CRC recorded in that zip's directory is reused instead.
+* a member whose bytes lie in a file is copied file to file (`FileRange.copy_into`: straight
+  into the buffers of a direct write, or in the kernel; surgery.output_file), never as Python
+  objects; its CRC is computed on a worker thread from the source file's pages (mmap, no
+  copy) while the copy runs, and patched into the local header afterwards. When the range is
+  itself a stored member of a zip (a .pt read by surgery), the CRC recorded in that zip's
+  directory is reused instead.
 * a member whose bytes come through Python (computed tensors, the pickle) is written chunk
   by chunk, each chunk's CRC computed on the worker while the chunk is written.
 
