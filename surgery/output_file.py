@@ -34,9 +34,12 @@ import queue
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Self
+from typing import TYPE_CHECKING
 
 from .durable import Writeback
+
+if TYPE_CHECKING:
+    from typing import Self  # Python 3.11+; annotations are not evaluated at run time
 
 __all__ = ["OutputFile", "create", "write_all"]
 
