@@ -14,9 +14,9 @@ written (`sync_file_range(SYNC_FILE_RANGE_WRITE)`, Linux) overlaps the two: the 
 works while the next tensors are copied, and the closing fsync only waits for the tail.
 Elsewhere this is a no-op and the closing fsync does all the work, as before.
 
-The streaming writers avoid the flush altogether where they can: with syncing on they write
-with O_DIRECT (surgery.output_file), and `Writeback` serves their page-cache path (with
-`--no-sync`, or where a filesystem refuses O_DIRECT).
+The streaming writers avoid the flush altogether where they can: they write with O_DIRECT
+(surgery.output_file), and `Writeback` serves their page-cache path, taken where a
+filesystem refuses O_DIRECT.
 """
 
 from __future__ import annotations

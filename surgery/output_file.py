@@ -13,8 +13,10 @@ Two ways to reach the disk, chosen by `create`:
   and the writes never wait behind the kernel's dirty-page throttling, which is what makes
   a plain `cp` of many GB slow. Measured here (BENCHMARKS.md), a 4.6 GB copy took 2.0-2.7 s
   this way against 2.3-4.8 s for `cp && sync`, and 17 GB took 7.6-9.3 s against 16-42 s.
-  With `--no-sync` the same path is taken and only the fsyncs are skipped: it beats the page
-  cache at these sizes too (a scratch output is then read back from disk, not memory).
+  With `--no-sync` the same path is taken and only the fsyncs are skipped. That beats the page
+  cache wherever the page cache has to throttle (16 GB: 0.33-0.39x `cp`), but not an output small
+  enough to stay in memory unwritten, which `cp` finishes without the disk (4.3 GB strip-head:
+  1.57x `cp`); a scratch output is also read back from disk, not memory.
 * **Through the page cache** (where O_DIRECT is refused, or `DIRECT` is off): bytes are
   written with write(2), and unchanged ranges are copied file to file in the kernel
   (copy_file_range), as cp does. When the output must be durable, writeback of each 32 MB is
@@ -170,7 +172,7 @@ class _PageCacheOutput(OutputFile):
 
 
 class _DirectOutput(OutputFile):
-    """O_DIRECT writes of full aligned buffers by a writer thread; the tail is padded, then truncated."""
+    """O_DIRECT writes of full aligned buffers by writer threads; the tail is padded, then truncated."""
 
     @classmethod
     def open(cls, path: Path) -> _DirectOutput | None:
@@ -271,7 +273,7 @@ class _DirectOutput(OutputFile):
             buffers.append(self._free.get_nowait())
         for buffer in buffers:
             with contextlib.suppress(BufferError):  # a view still held (by a traceback): the collector frees it
-                buffer.close()  # give the 48 MiB back now, not when the collector finds them
+                buffer.close()  # give the buffers (128 MiB) back now, not when the collector finds them
         super().release()
 
     def _filled(self, n: int) -> None:
