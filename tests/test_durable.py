@@ -211,3 +211,23 @@ def test_every_command_that_writes_takes_no_sync():
     writers = {name for name, command in commands.items() if any(p.name == "output" for p in command.params)}
     assert {"convert", "subsample", "rename", "export-onnx", "freeze"} <= writers
     assert [name for name in sorted(writers) if not any(p.name == "no_sync" for p in commands[name].params)] == []
+
+
+@pytest.mark.parametrize("case", ["safetensors", "safetensors sharded", "pt", "onnx external data"])
+def test_each_streaming_writer_tells_create_its_output_size(tmp_path, monkeypatch, case):
+    # The size decides whether a --no-sync output may stay in the page cache: it must be the real one.
+    make, name, command, extra = WRITERS[case]
+    told: list[tuple[int | None, object]] = []
+    real = output_file.create
+
+    def create(path, expected_bytes=None):
+        out = real(path, expected_bytes)
+        told.append((expected_bytes, out))
+        return out
+
+    monkeypatch.setattr(output_file, "create", create)
+    result = run(command, make(tmp_path), "-o", tmp_path / name, "-q", *extra)
+    assert result.exit_code == 0, result.stderr
+    assert told, case
+    for expected, out in told:  # `offset` is what the file holds once written
+        assert expected is not None and expected <= out.offset <= expected + 4096, (case, expected, out.offset)

@@ -4,6 +4,7 @@ direct path falls back where O_DIRECT is refused, and a failed write stops clean
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import threading
@@ -94,6 +95,39 @@ def test_create_takes_the_direct_path_with_or_without_sync_and_the_page_cache_wh
     with output_file.create(tmp_path / "c") as off:
         pass
     assert (type(durable_out), type(scratch_out), type(off)) == (_DirectOutput, _DirectOutput, _PageCacheOutput)
+
+
+def test_a_scratch_output_that_fits_under_the_dirty_limit_stays_in_the_page_cache(tmp_path, monkeypatch):
+    probe = _DirectOutput.open(tmp_path / "probe")
+    if probe is None:
+        pytest.skip("this filesystem refuses O_DIRECT")
+    probe.release()
+    monkeypatch.setattr(output_file, "_dirty_room", lambda: 1000)
+    kinds = []
+    for sync, expected in [(True, 10), (False, 1000), (False, 1001), (False, None)]:
+        with (contextlib.nullcontext() if sync else durable.no_sync()), output_file.create(tmp_path / "out", expected) as out:
+            kinds.append(type(out).__name__)
+    # Durable outputs always go direct; a scratch one only when it would pass the limit, or its size is unknown.
+    assert kinds == ["_DirectOutput", "_PageCacheOutput", "_DirectOutput", "_DirectOutput"]
+
+
+MEMINFO = "MemTotal: 8000000 kB\nMemFree: 1000000 kB\nActive(file): 600000 kB\nInactive(file): 400000 kB\nDirty: 50000 kB\nWriteback: 10000 kB\n"
+
+
+@pytest.mark.parametrize(
+    ("dirty_bytes", "dirty_ratio", "meminfo", "room"),
+    [
+        ("0", "20", MEMINFO, (2_000_000 * 20 // 100 - 60_000) * 1024),  # 20% of free + file cache, less what is dirty
+        ("100000000", "20", MEMINFO, 100_000_000 - 60_000 * 1024),  # vm.dirty_bytes, when set, is the limit
+        ("0", "1", MEMINFO.replace("Dirty: 50000", "Dirty: 900000"), 0),  # already past the limit: no room
+        ("0", "20", "MemFree: 1000000 kB\n", 0),  # a kernel that doesn't say: assume none
+    ],
+)
+def test_dirty_room_is_the_kernels_dirty_limit_less_what_is_dirty_now(tmp_path, dirty_bytes, dirty_ratio, meminfo, room):
+    (tmp_path / "dirty_bytes").write_text(dirty_bytes + "\n")
+    (tmp_path / "dirty_ratio").write_text(dirty_ratio + "\n")
+    (tmp_path / "meminfo").write_text(meminfo)
+    assert output_file._dirty_room(str(tmp_path / "meminfo"), str(tmp_path)) == room
 
 
 def test_a_filesystem_that_refuses_o_direct_at_the_first_write_gets_the_page_cache(tmp_path, monkeypatch):

@@ -227,7 +227,8 @@ def save_atomically(tree: Tree, path: Path, *, progress: Progress | None = None)
 
 
 def _write_data(plan: _Plan, data_path: Path, data_name: str, progress: Progress | None) -> None:
-    with output_file.create(data_path) as out:
+    expected = sum(e.nbytes for _, e in plan.slots if e.name in plan.external)  # before alignment padding
+    with output_file.create(data_path, expected) as out:
         for tensor, e in plan.slots:
             if e.name not in plan.external:
                 continue

@@ -304,8 +304,9 @@ def _data_start_residue(entries: Iterable[Entry]) -> int:
 
 
 def write_file(path: Path, entries: list[Entry], metadata: dict[str, str], progress: Progress | None) -> None:
-    with output_file.create(path) as out:
-        out.write(build_header(entries, metadata))
+    header = build_header(entries, metadata)
+    with output_file.create(path, len(header) + sum(e.nbytes for e in entries)) as out:
+        out.write(header)
         for run in _copy_runs(entries):
             e = run[0]
             source = FileRange(e.source.path, e.source.offset, sum(r.nbytes for r in run)) if len(run) > 1 else e.source

@@ -295,7 +295,8 @@ def save(tree: Tree, path: Path, *, progress: Progress | None = None) -> None:
     """
     check_writable(tree)
     storages, data_pkl = _training_checkpoint(tree) or _state_dict(tree)
-    with output_file.create(path) as out, StoredZipWriter(out) as z:
+    expected = sum(s.nbytes for s in storages)  # the zip's own records add a few KiB
+    with output_file.create(path, expected) as out, StoredZipWriter(out) as z:
         archive = _Archive(z)
         archive.small("data.pkl", data_pkl)
         archive.small(".format_version", b"1")
