@@ -7,7 +7,10 @@ Method (also in BENCHMARKS.md):
      file (untimed; then the shards are deleted unless the sharded -> single case runs). Every input
      is read once, so the page cache is warm for every command alike.
   2. `--repeats` rounds; in each round every command runs once in a fresh process, in turn, so a
-     slow spell of a shared machine hits all of them. Before each run its output is deleted and
+     slow spell of a shared machine hits all of them; each round runs a case's commands in a
+     new order (seeded shuffle), so that no command always follows the same one (a large write
+     can leave a virtual disk busy after `sync` returns), and each run starts after `--settle`
+     seconds (default 2) of quiet. Before each run its output is deleted and
      `sync` runs (untimed), so no run pays for the write-back of the one before; each output is
      deleted again right after its run, so the disk holds only the inputs and one output. The cases:
        sharded -> single   cp -r / cp -r && sync / surgery convert shards/ -o one.safetensors
@@ -26,7 +29,7 @@ Method (also in BENCHMARKS.md):
      (when torch is installed); the round trip single -> sharded is bit-exact.
 Every file lives in a temporary folder under --workdir (default: the system's), deleted at the end.
 
-Usage: python bench/bench_paths.py [--size-gb 4.2] [--repeats 3] [--workdir DIR] [--cases a,b] [--no-sync-only] [--json]
+Usage: python bench/bench_paths.py [--size-gb 4.2] [--repeats 3] [--workdir DIR] [--cases a,b] [--no-sync-only] [--settle 2] [--json]
 """
 
 from __future__ import annotations
@@ -34,10 +37,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -131,6 +136,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path)
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, from: {', '.join(CASES)}")
     parser.add_argument("--no-sync-only", action="store_true", help="per case, only cp and surgery --no-sync")
+    parser.add_argument("--settle", type=float, default=2.0, help="seconds of quiet before each run, after its sync")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--generate", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -156,9 +162,12 @@ def main() -> None:
         loads: list[float] = []  # the 1-minute load average before each run: other work on the machine
         for k in range(args.repeats):
             for c in cases:
-                for label, (argv, output) in commands[c].items():
+                runs = list(commands[c].items())
+                random.Random(f"{c} {k}").shuffle(runs)
+                for label, (argv, output) in runs:
                     remove(output)
                     subprocess.run(["sync"], check=True)
+                    time.sleep(args.settle)
                     loads.append(os.getloadavg()[0])
                     measured[c][label].append(run_measured(argv))
                     if not (c == "safetensors_to_pt" and label.startswith("surgery") and k == args.repeats - 1):

@@ -22,7 +22,8 @@ Two ways to reach the disk, chosen by `create`:
   written with write(2), and unchanged ranges are copied file to file in the kernel
   (copy_file_range), as cp does. When the output must be durable, writeback of each 32 MB is
   requested as it is written (surgery.durable.Writeback), so the closing fsync waits only for
-  the tail.
+  the tail; otherwise each range is asked for in one call, as cp does, which was 1.4-2x faster
+  here than calls of 32 MiB to 2047 MiB.
 
 Both give the same bytes; `tests/test_output_file.py` proves it by property.
 """
@@ -50,7 +51,7 @@ Progress = Callable[[int], None]
 
 DIRECT = True  # False: always the page cache (tests compare the two paths)
 
-_KERNEL_CHUNK = 32 << 20  # bytes per copy_file_range call: progress (and writeback requests) every 32 MB
+_KERNEL_CHUNK = 32 << 20  # bytes per copy_file_range call while writeback is requested as the copy goes
 _CHUNK = 16 << 20  # bytes per read/write step where the kernel can't copy
 # copy_file_range is refused across some filesystems and by some kernels; then we copy by hand.
 _KERNEL_COPY = hasattr(os, "copy_file_range")
@@ -159,11 +160,15 @@ class _PageCacheOutput(OutputFile):
         self._appended(len(view))
 
     def copy_range(self, path: Path, offset: int, length: int, progress: Progress | None = None) -> int:
+        # Ask for the whole range at once unless writeback is requested every 32 MB: measured here
+        # (ext4, Linux 6.18), a 4.3 GB copy in calls of 32 MiB to 2047 MiB took 1.4-2x as long as
+        # calls asking for all of it, as cp does, though the kernel stops each call at 2 GiB anyway.
+        step = _KERNEL_CHUNK if self._writeback.enabled else length
         with open(path, "rb") as f:
             left = length
             while left and _KERNEL_COPY:
                 try:
-                    n = os.copy_file_range(f.fileno(), self.fd, min(left, _KERNEL_CHUNK), offset)
+                    n = os.copy_file_range(f.fileno(), self.fd, min(left, step), offset)
                 except OSError as e:
                     if e.errno not in _NO_KERNEL_COPY:
                         raise
