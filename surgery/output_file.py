@@ -15,9 +15,9 @@ Two ways to reach the disk, chosen by `create`:
   this way against 2.3-4.8 s for `cp && sync`, and 17 GB took 7.6-9.3 s against 16-42 s.
   With `--no-sync`, an output that fits under the kernel's dirty limit (`_dirty_room`, about a
   fifth of free memory) goes through the page cache instead, as `cp` does: it is written at
-  memory speed and the disk takes it later (4.3 GB strip-head: 0.66x `cp`, where the direct
-  path took 1.57x). A larger one takes the direct path with only the fsyncs skipped, which
-  beats the page cache once it has to throttle (16 GB: 0.33-0.39x `cp`).
+  memory speed and the disk takes it later (4.3 GB: 0.93-1.13x `cp`, where the direct path
+  took up to 1.57x). A larger one takes the direct path with only the fsyncs skipped, which
+  beats the page cache once it has to throttle (16 GB: 0.53-0.92x `cp`).
 * **Through the page cache** (where O_DIRECT is refused, or `DIRECT` is off): bytes are
   written with write(2), and unchanged ranges are copied file to file in the kernel
   (copy_file_range), as cp does. When the output must be durable, writeback of each 32 MB is
