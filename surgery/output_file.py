@@ -80,9 +80,10 @@ def create(path: Path, expected_bytes: int | None = None) -> OutputFile:
     applies deferred patches); leaving it by an exception stops at once. Either way the
     descriptor is closed. The fsync is the caller's (surgery.atomic does it for every output).
 
-    `expected_bytes`, the output's size if the writer knows it, lets an output that will not
-    be fsynced (`--no-sync`) stay in the page cache when it fits under the kernel's dirty limit:
-    then it is written at memory speed, as `cp` does, and the disk takes it later.
+    `expected_bytes`, the output's size if the writer knows it (with the files the same save
+    writes after this one, such as later shards), lets an output that will not be fsynced
+    (`--no-sync`) stay in the page cache when it fits under the kernel's dirty limit: then it
+    is written at memory speed, as `cp` does, and the disk takes it later.
     """
     if not syncing() and expected_bytes is not None and expected_bytes <= _dirty_room():
         return _PageCacheOutput(path)

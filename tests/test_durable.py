@@ -229,5 +229,9 @@ def test_each_streaming_writer_tells_create_its_output_size(tmp_path, monkeypatc
     result = run(command, make(tmp_path), "-o", tmp_path / name, "-q", *extra)
     assert result.exit_code == 0, result.stderr
     assert told, case
-    for expected, out in told:  # `offset` is what the file holds once written
-        assert expected is not None and expected <= out.offset <= expected + 4096, (case, expected, out.offset)
+    # `offset` is what a file holds once written; each file is told its own size and the later files' (shards).
+    written = [out.offset for _, out in told]
+    slack = 0 if case.startswith("safetensors") else 4096  # zip records and ONNX alignment are left out
+    for k, (expected, _) in enumerate(told):
+        rest = sum(written[k:])
+        assert expected is not None and rest - slack * (len(told) - k) <= expected <= rest, (case, k, expected, written)
